@@ -1,0 +1,181 @@
+"""The block: a list of residual branches, each a short path of components.
+
+    branch i:  x = res_scale_i(x) + drop_path(layer_scale_i(path_i(x)))
+
+Block shapes are named presets of paths: "metaformer" is [[norm, token_mixer], [norm, channel_mixer]]
+(PoolFormer, ConvFormer, CAFormer, ViT, Swin), "convnext" is [[token_mixer, norm, channel_mixer]]
+(ConvNeXt, InceptionNeXt). A recipe can also spell its ``branches`` out.
+
+Each component works in its own channel layout; the block picks one layout for its residual stream
+(the token mixer's, else the channel mixer's, else the norm's, else the incoming one) and permutes only
+around components that disagree with it. A stage of conv mixers runs channels-first end to end, a stage of
+attention channels-last, with one permute at each stage boundary.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator
+from torch import Tensor, nn
+
+from metablocks.layout import permutation, resolve
+from metablocks.registry import Component, Context, Layout, Ref, did_you_mean
+
+Slot = Literal["norm", "token_mixer", "channel_mixer"]
+
+BLOCK_SHAPES: dict[str, tuple[tuple[Slot, ...], ...]] = {
+    "metaformer": (("norm", "token_mixer"), ("norm", "channel_mixer")),
+    "convnext": (("token_mixer", "norm", "channel_mixer"),),
+    "postnorm": (("token_mixer", "norm"), ("channel_mixer", "norm")),
+}
+
+
+def register_block_shape(name: str, branches: list[list[Slot]]) -> None:
+    """Add a named block shape: a list of residual branches, each a list of slots."""
+    BLOCK_SHAPES[name] = tuple(tuple(branch) for branch in branches)
+
+
+class BlockConfig(BaseModel):
+    """Everything one block needs: its shape and the component in each slot."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    shape: str = "metaformer"
+    branches: list[list[Slot]] | None = None  # spelled-out branches; overrides ``shape``
+    norm: Annotated[Component, Ref("norm")] | None = "layernorm"
+    token_mixer: Annotated[Component, Ref("token_mixer")] = "pooling"
+    channel_mixer: Annotated[Component, Ref("channel_mixer")] | None = "mlp"
+    layer_scale: float | None = None  # init value of a learnable per-channel scale on each branch
+    res_scale: float | None = None  # init value of a learnable per-channel scale on each shortcut
+
+    @field_validator("shape")
+    @classmethod
+    def _known_shape(cls, shape: str) -> str:
+        if shape not in BLOCK_SHAPES:
+            raise ValueError(f"unknown block shape {shape!r}{did_you_mean(shape, list(BLOCK_SHAPES))}; "
+                             f"allowed: {', '.join(BLOCK_SHAPES)}")
+        return shape
+
+    def paths(self) -> tuple[tuple[Slot, ...], ...]:
+        """The branches, with empty slots (``channel_mixer: null``, ``norm: null``) left out."""
+        spelled = BLOCK_SHAPES[self.shape] if self.branches is None else self.branches
+        kept = (tuple(slot for slot in path if getattr(self, slot) is not None) for path in spelled)
+        return tuple(path for path in kept if any(slot != "norm" for slot in path))
+
+    def layout(self, incoming: Layout) -> Layout:
+        """The residual stream's layout: the first component with a fixed layout decides."""
+        for slot in ("token_mixer", "channel_mixer", "norm"):
+            component = getattr(self, slot)
+            if component is not None and type(component).layout != "any":
+                return type(component).layout
+        return incoming
+
+
+class LayerScale(nn.Module):
+    """Learnable per-channel scale (CaiT, Touvron et al. 2021; res_scale: Yu et al. 2022)."""
+
+    def __init__(self, dim: int, init_value: float, channels_last: bool = True) -> None:
+        super().__init__()
+        self.channels_last = channels_last
+        self.scale = nn.Parameter(torch.full((dim,), float(init_value)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * (self.scale if self.channels_last else self.scale[:, None, None])
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop the whole branch per sample (Huang et al. 2016)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+@dataclass(frozen=True)
+class _Branch:
+    steps: tuple[tuple[str, tuple[int, ...] | None], ...]  # (module name, permute before it)
+    out_perm: tuple[int, ...] | None  # back to the residual stream's layout
+    layer_scale: str | None
+    res_scale: str | None
+    drop_path: str | None
+
+
+class Block(nn.Module):
+    """Residual branches over one feature map; forward takes and returns ``io_layout`` (B,C,H,W or B,H,W,C)."""
+
+    def __init__(self, dim: int, config: BlockConfig, *, resolution: tuple[int, int] | None = None,
+                 drop_path: float = 0.0, io_layout: Layout | None = None, stage: int | None = None,
+                 block: int | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.layout: Layout = config.layout(io_layout or "channels_first")
+        self.io_layout: Layout = io_layout or self.layout
+        channels_last = self.layout == "channels_last"
+        branches = []
+        for i, path in enumerate(config.paths(), start=1):
+            current, steps = self.layout, []
+            for slot in path:
+                component: Component = getattr(config, slot)
+                layout = resolve(type(component).layout, self.layout)
+                name = f"norm{i}" if slot == "norm" else slot
+                self.add_module(name, component.build(Context(dim, resolution=resolution, layout=layout,
+                                                              stage=stage, block=block)))
+                steps.append((name, permutation(current, layout)))
+                current = layout
+            names = {}
+            for kind, value in (("layer_scale", config.layer_scale), ("res_scale", config.res_scale)):
+                if value is not None:
+                    names[kind] = f"{kind}{i}"
+                    self.add_module(names[kind], LayerScale(dim, value, channels_last))
+            if drop_path > 0.0:
+                names["drop_path"] = f"drop_path{i}"
+                self.add_module(names["drop_path"], DropPath(drop_path))
+            branches.append(_Branch(tuple(steps), permutation(current, self.layout), names.get("layer_scale"),
+                                    names.get("res_scale"), names.get("drop_path")))
+        self._branches = tuple(branches)
+        self._in_perm = permutation(self.io_layout, self.layout)
+        self._out_perm = permutation(self.layout, self.io_layout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self._in_perm:
+            x = x.permute(self._in_perm)
+        modules = self._modules
+        for branch in self._branches:
+            y = x
+            for name, perm in branch.steps:
+                y = modules[name](y.permute(perm) if perm else y)
+            if branch.out_perm:
+                y = y.permute(branch.out_perm)
+            if branch.layer_scale:
+                y = modules[branch.layer_scale](y)
+            if branch.drop_path:
+                y = modules[branch.drop_path](y)
+            x = (modules[branch.res_scale](x) if branch.res_scale else x) + y
+        return x.permute(self._out_perm) if self._out_perm else x
+
+
+def MetaFormerBlock(dim: int, *, resolution: tuple[int, int] | None = None, drop_path: float = 0.0,
+                    **config: Any) -> Block:
+    """A standalone block taking and returning (B, C, H, W): ``MetaFormerBlock(dim=64, token_mixer="pooling")``.
+
+    ``config`` holds BlockConfig fields (shape, norm, token_mixer, channel_mixer, layer_scale, res_scale);
+    mistakes raise RecipeError. ``resolution`` is needed only by mixers of fixed resolution.
+    """
+    from metablocks.recipe.errors import validate
+
+    block_config = validate(BlockConfig, config, source="MetaFormerBlock(...)")
+    from metablocks.recipe.errors import check_block
+
+    check_block(block_config, Context(dim, resolution=resolution), source="MetaFormerBlock(...)")
+    return Block(dim, block_config, resolution=resolution, drop_path=drop_path, io_layout="channels_first")

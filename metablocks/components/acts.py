@@ -1,0 +1,66 @@
+"""Activations (kind ``act``): elementwise, so they work in any layout and ignore the channel count."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metablocks.registry import Component, Context, register
+
+
+class Activation(Component):
+    """An elementwise activation; built without a channel count."""
+
+    def build(self, ctx: Context | None = None) -> nn.Module:
+        return self.module(**self.kwargs())
+
+
+class GeluConfig(Activation):
+    approximate: str = "none"
+
+
+@register("act", "gelu", config=GeluConfig)
+class GELU(nn.GELU):
+    """Gaussian error linear unit (Hendrycks & Gimpel, "Gaussian Error Linear Units", 2016)."""
+
+
+@register("act", "relu", config=Activation)
+class ReLU(nn.ReLU):
+    """Rectified linear unit (Nair & Hinton, 2010)."""
+
+
+@register("act", "silu", config=Activation)
+class SiLU(nn.SiLU):
+    """Sigmoid linear unit / Swish (Ramachandran et al., "Searching for Activation Functions", 2017)."""
+
+
+@register("act", "identity", config=Activation)
+class Identity(nn.Identity):
+    """No activation."""
+
+
+@register("act", "squared_relu", config=Activation)
+class SquaredReLU(nn.Module):
+    """relu(x)^2 (So et al., "Primer: Searching for Efficient Transformers", 2021)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.square(F.relu(x))
+
+
+class StarReluConfig(Activation):
+    scale_value: float = 1.0
+    bias_value: float = 0.0
+    learnable: bool = True
+
+
+@register("act", "star_relu", config=StarReluConfig)
+class StarReLU(nn.Module):
+    """s * relu(x)^2 + b with learnable scalars s, b (Yu et al., "MetaFormer Baselines for Vision", 2022)."""
+
+    def __init__(self, *, scale_value: float = 1.0, bias_value: float = 0.0, learnable: bool = True) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((1,), scale_value), requires_grad=learnable)
+        self.bias = nn.Parameter(torch.full((1,), bias_value), requires_grad=learnable)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * F.relu(x) ** 2 + self.bias

@@ -1,0 +1,84 @@
+"""Classification heads (kind ``head``): (B, C, H, W) -> global pool -> norm -> dropout -> classifier."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from torch import Tensor, nn
+
+from metablocks.registry import Component, Context, Ref, register
+
+
+class PoolHead(nn.Module):
+    """Global pool -> norm -> dropout -> ``fc``; subclasses say what ``fc`` is."""
+
+    def __init__(self, dim: int, num_classes: int, *, pool: str = "avg", norm: Component | None = None,
+                 drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.dim, self.pool = dim, pool
+        self.norm = norm.build(Context(dim, layout="channels_last")) if norm else nn.Identity()
+        self.drop = nn.Dropout(drop_rate)
+        self.fc = self.classifier(num_classes)
+
+    def classifier(self, num_classes: int) -> nn.Module:
+        raise NotImplementedError
+
+    def reset(self, num_classes: int) -> None:
+        """Replace the classifier with a fresh one for ``num_classes`` (0: pooled features out)."""
+        self.fc = self.classifier(num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = x.mean((2, 3)) if self.pool == "avg" else x.amax((2, 3))  # (B, C)
+        x = self.drop(self.norm(x))
+        return x if pre_logits else self.fc(x)
+
+
+class LinearHeadConfig(Component):
+    pool: Literal["avg", "max"] = "avg"
+    norm: Annotated[Component, Ref("norm")] | None = None
+    drop_rate: float = 0.0
+
+    def build(self, ctx: Context) -> nn.Module:
+        return self.module(ctx.dim, ctx.out_dim, **self.kwargs())
+
+
+@register("head", "linear", config=LinearHeadConfig)
+class LinearHead(PoolHead):
+    """Global pool, norm and a linear classifier (the standard ImageNet head)."""
+
+    def classifier(self, num_classes: int) -> nn.Module:
+        return nn.Linear(self.dim, num_classes) if num_classes > 0 else nn.Identity()
+
+
+class MlpClassifier(nn.Module):
+    """fc1 -> act -> norm -> fc2, the two-layer classifier of MetaFormer's MLP head."""
+
+    def __init__(self, dim: int, hidden: int, num_classes: int, *, act: Component, norm: Component | None) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = act.build(Context(hidden))
+        self.norm = norm.build(Context(hidden, layout="channels_last")) if norm else nn.Identity()
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.norm(self.act(self.fc1(x))))
+
+
+class MlpHeadConfig(LinearHeadConfig):
+    ratio: float = 4.0
+    act: Annotated[Component, Ref("act")] = "squared_relu"
+    hidden_norm: Annotated[Component, Ref("norm")] | None = "layernorm"
+
+
+@register("head", "mlp", config=MlpHeadConfig)
+class MlpHead(PoolHead):
+    """Global pool, norm and a two-layer MLP classifier (Yu et al., "MetaFormer Baselines for Vision", 2022)."""
+
+    def __init__(self, dim: int, num_classes: int, *, ratio: float = 4.0, act: Component, hidden_norm: Component | None,
+                 **kwargs) -> None:
+        self.hidden, self.act, self.hidden_norm = int(ratio * dim), act, hidden_norm
+        super().__init__(dim, num_classes, **kwargs)
+
+    def classifier(self, num_classes: int) -> nn.Module:
+        if num_classes <= 0:
+            return nn.Identity()
+        return MlpClassifier(self.dim, self.hidden, num_classes, act=self.act, norm=self.hidden_norm)

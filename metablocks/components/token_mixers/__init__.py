@@ -1,0 +1,1 @@
+"""Token mixers: one file each, config beside module."""

@@ -1,0 +1,145 @@
+"""RecipeError: every mistake in a recipe, each with its file, line, field path, what was given and what is allowed."""
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from metablocks.registry import Component, Context, Ref, did_you_mean, get
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str | None
+    line: int | None
+    path: str | None
+    message: str
+    written_at: str | None = None  # the path where the value was written, when it reached ``path`` by inheritance
+
+    def __str__(self) -> str:
+        place = f"{self.file or '<recipe>'}:{self.line}" if self.line else (self.file or "<recipe>")
+        path = f" {self.path}:" if self.path else ""
+        origin = f" (set at {self.written_at})" if self.written_at and self.written_at != self.path else ""
+        return f"{place}:{path} {self.message}{origin}"
+
+
+class RecipeError(ValueError):
+    """A recipe (or a block/sweep spec) is wrong; ``problems`` lists every mistake found, each with its place."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        lines = [str(p) for p in problems]
+        head = "invalid recipe" if len(problems) == 1 else f"invalid recipe: {len(problems)} problems"
+        super().__init__(head + ":\n  " + "\n  ".join(lines))
+
+
+def problems_from(errors: list[dict[str, Any]], raw: Any, model: type[BaseModel], prefix: tuple[Any, ...] = ()) -> list[Problem]:
+    """Turn pydantic errors on ``raw`` (validated as ``model``) into Problems with places and plain messages."""
+    from metablocks.recipe.yaml_io import where_of
+
+    problems = []
+    for error in errors:
+        loc = prefix + tuple(error["loc"])
+        if error["type"] == "invalid_component":
+            problems += problems_from(error["ctx"]["errors"], raw, model, loc)
+            continue
+        where, path = where_of(raw, loc)
+        problems.append(Problem(where.file if where else None, where.line if where else None, path or None,
+                                _message(error, raw, loc, model), where.path if where else None))
+    return problems
+
+
+def _message(error: dict[str, Any], raw: Any, loc: tuple[Any, ...], model: type[BaseModel]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _fields_at(model, raw, loc[:-1])
+        hint = did_you_mean(str(loc[-1]), allowed) if allowed else ""
+        return f"unknown field {loc[-1]!r}{hint}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+    if kind == "missing":
+        return f"missing field {loc[-1]!r}"
+    message = error["msg"]
+    if kind in ("unknown_component", "component_type", "component_missing_type", "component_kind"):
+        return message
+    given = error.get("input")
+    if isinstance(given, (str, int, float, bool, type(None))) or (isinstance(given, (list, dict)) and len(repr(given)) < 80):
+        message += f" (given: {given!r})"
+    return message
+
+
+def _inner(annotation: Any) -> tuple[type[BaseModel] | None, str | None]:
+    """The pydantic model, or the component kind, that an annotation holds (through Optional, list, Annotated)."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        for meta in annotation.__metadata__:
+            if isinstance(meta, Ref):
+                return None, meta.kind
+        return _inner(typing.get_args(annotation)[0])
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, None
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, tuple):
+        for arg in typing.get_args(annotation):
+            found = _inner(arg)
+            if found != (None, None):
+                return found
+    return None, None
+
+
+def _fields_at(model: type[BaseModel], raw: Any, loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model (or component config) found by walking ``loc`` from ``model`` over ``raw``."""
+    cls: type[BaseModel] | None = model
+    node = raw
+    for key in loc:
+        if isinstance(key, int):
+            node = node[key] if isinstance(node, list) and key < len(node) else node
+            continue
+        if cls is None or key not in cls.model_fields:
+            return []
+        node = node.get(key) if isinstance(node, dict) else None
+        cls, kind = _inner(cls.model_fields[key].annotation)
+        if kind is not None:
+            item = node[0] if isinstance(node, list) and node else node
+            name = item.get("type") if isinstance(item, dict) else item
+            try:
+                cls = get(kind, name)
+            except (KeyError, TypeError):
+                return []
+    return [name for name in cls.model_fields if name != "type"] if cls else []
+
+
+def validate(model: type[BaseModel], raw: Any, source: str = "<python>") -> Any:
+    """``model.model_validate(raw)``, raising RecipeError with places instead of pydantic's ValidationError."""
+    from metablocks.recipe.yaml_io import Where, from_plain
+
+    if not hasattr(raw, "where"):
+        raw = from_plain(raw, Where(source))
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(problems_from(err.errors(include_url=False), raw, model)) from None
+
+
+def component_problems(component: Component | None, ctx: Context, loc: tuple[Any, ...], raw: Any) -> list[Problem]:
+    """A component's own ``check`` at ``ctx``, as Problems placed at ``loc`` in ``raw``."""
+    from metablocks.recipe.yaml_io import where_of
+
+    if component is None:
+        return []
+    problems = []
+    for message in component.check(ctx):
+        where, path = where_of(raw, loc)
+        problems.append(Problem(where.file if where else None, where.line if where else None, path or ".".join(map(str, loc)),
+                                f"{component.kind} {component.name!r}: {message}", where.path if where else None))
+    return problems
+
+
+def check_block(config: Any, ctx: Context, source: str = "<python>") -> None:
+    """Raise RecipeError if any component of a standalone block rejects ``ctx``."""
+    from metablocks.recipe.yaml_io import Where, from_plain
+
+    raw = from_plain(config.model_dump(), Where(source))
+    problems = [p for slot in ("norm", "token_mixer", "channel_mixer")
+                for p in component_problems(getattr(config, slot), ctx, (slot,), raw)]
+    if problems:
+        raise RecipeError(problems)

@@ -1,0 +1,234 @@
+"""Component registry: kind -> name -> pydantic config class (which knows its module).
+
+A component is an ``nn.Module`` plus a pydantic config whose fields are the module's keyword
+arguments. ``register`` files it under a kind and a name; recipes then refer to it by
+``type: name`` and are validated against its config, whether it ships with metablocks, comes from
+a user's own module, or from an installed package's ``metablocks.components`` entry point.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError, create_model
+from pydantic_core import PydanticCustomError, core_schema
+from torch import nn
+
+KINDS: tuple[str, ...] = ("token_mixer", "channel_mixer", "norm", "act", "stem", "downsample", "head")
+Layout = Literal["channels_first", "channels_last", "any"]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a component may know when it is checked or built: its place and the feature map it sees."""
+
+    dim: int
+    out_dim: int | None = None  # channels out, for stems, downsamplers (the stage's dim) and heads (num_classes)
+    resolution: tuple[int, int] | None = None  # (H, W) of the map the component sees; None when unknown
+    layout: Layout = "channels_first"  # the layout a layout-agnostic ("any") component is built for
+    stage: int | None = None
+    block: int | None = None
+
+    @property
+    def channels_last(self) -> bool:
+        return self.layout == "channels_last"
+
+
+class Component(BaseModel):
+    """Base of every component config: strict and frozen; its fields are the module's keyword arguments.
+
+    Subclasses may declare ``layout`` (the tensor layout the module works in), override ``check``
+    (semantic constraints, reported before any tensor is allocated) and ``build``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    kind: ClassVar[str]
+    name: ClassVar[str]
+    module: ClassVar[Callable[..., nn.Module]]
+    layout: ClassVar[Layout] = "any"
+
+    def kwargs(self) -> dict[str, Any]:
+        """The module's keyword arguments: every field but ``type``, nested configs kept as configs."""
+        return {k: getattr(self, k) for k in type(self).model_fields if k != "type"}
+
+    def dump(self) -> dict[str, Any]:
+        """Plain data, ``type`` first, every default filled in; validating it gives this config back."""
+        return {"type": self.type, **self.model_dump(exclude={"type"})}  # type: ignore[attr-defined]
+
+    def check(self, ctx: Context) -> list[str]:
+        """Constraint violations for this component at ``ctx`` (empty when it fits)."""
+        return []
+
+    def out_dim(self, dim: int) -> int:
+        """Channels out of the module for ``dim`` channels in (stems and downsamplers change it)."""
+        return dim
+
+    def out_resolution(self, resolution: tuple[int, int]) -> tuple[int, int]:
+        """Spatial size out of the module for ``resolution`` in."""
+        return resolution
+
+    def build(self, ctx: Context) -> nn.Module:
+        extra = {"channels_last": ctx.channels_last} if type(self).layout == "any" and _takes(self.module, "channels_last") else {}
+        return self.module(ctx.dim, **self.kwargs(), **extra)
+
+
+def _takes(fn: Callable[..., Any], arg: str) -> bool:
+    try:
+        return arg in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class RegistryError(ValueError):
+    pass
+
+
+_REGISTRY: dict[str, dict[str, type[Component]]] = {kind: {} for kind in KINDS}
+_version = 0
+
+
+def version() -> int:
+    """Bumped on every registration, so schema caches know when to rebuild."""
+    return _version
+
+
+T = TypeVar("T")
+
+
+def register(kind: str, name: str, *, config: type[Component] | None = None, layout: Layout | None = None,
+             replace: bool = False) -> Callable[[T], T]:
+    """Register a module class (or factory) as component ``name`` of ``kind``.
+
+    ``config`` is the pydantic config (a ``Component`` subclass); without it one is derived from the
+    module's keyword arguments after ``dim``, which must all have type hints and defaults.
+    """
+    if kind not in _REGISTRY:
+        raise RegistryError(f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}")
+
+    def decorator(module: T) -> T:
+        global _version
+        if name in _REGISTRY[kind] and not replace and _REGISTRY[kind][name].module is not module:
+            raise RegistryError(f"{kind} {name!r} is already registered (by {_REGISTRY[kind][name].module!r}); "
+                                f"pass replace=True to override it")
+        base = config if config is not None else _config_from_signature(module, name)
+        cls = create_model(base.__name__, __base__=base, __module__=base.__module__,
+                           type=(Literal[name], name))  # type: ignore[call-overload]
+        cls.__doc__ = (config.__doc__ if config is not None else None) or module.__doc__
+        cls.kind, cls.name, cls.module = kind, name, module
+        if layout is not None:
+            cls.layout = layout
+        _REGISTRY[kind][name] = cls
+        module.Config = cls  # type: ignore[attr-defined]
+        _version += 1
+        return module
+
+    return decorator
+
+
+def _config_from_signature(module: Callable[..., Any], name: str) -> type[Component]:
+    params = list(inspect.signature(module).parameters.values())
+    fields: dict[str, Any] = {}
+    for p in params[1:]:  # the first parameter is the channel count, given by the builder
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.name == "channels_last":
+            continue
+        if p.annotation is p.empty or p.default is p.empty:
+            raise RegistryError(f"cannot derive a config for {name!r}: parameter {p.name!r} needs a type hint and a "
+                                f"default (or pass config=...)")
+        fields[p.name] = (p.annotation, p.default)
+    title = "".join(part.title() for part in name.split("_")) + "Config"
+    return create_model(title, __base__=Component, __doc__=module.__doc__, **fields)  # type: ignore[call-overload]
+
+
+def get(kind: str, name: str) -> type[Component]:
+    return _REGISTRY[kind][name]
+
+
+def names(kind: str) -> list[str]:
+    load_plugins()
+    return sorted(_REGISTRY[kind])
+
+
+def configs(kind: str) -> list[type[Component]]:
+    load_plugins()
+    return [_REGISTRY[kind][n] for n in sorted(_REGISTRY[kind])]
+
+
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the built-in components and every ``metablocks.components`` entry point, once."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import importlib
+    import pkgutil
+    from importlib.metadata import entry_points
+
+    from metablocks import components
+
+    for info in pkgutil.walk_packages(components.__path__, components.__name__ + "."):
+        importlib.import_module(info.name)
+    for ep in entry_points(group="metablocks.components"):
+        ep.load()
+
+
+class Ref:
+    """Pydantic field type for "a component of ``kind``": ``act: Annotated[Component, Ref("act")] = "gelu"``.
+
+    Accepts a registered name or a mapping with ``type:``, validates it with that component's config
+    at validation time (so components registered later are valid at once), and in the JSON Schema
+    expands to the union of every registered config of the kind, discriminated by ``type``.
+    """
+
+    def __init__(self, kind: str) -> None:
+        if kind not in KINDS:
+            raise RegistryError(f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}")
+        self.kind = kind
+
+    def validate(self, value: Any) -> Component:
+        if isinstance(value, Component):
+            if value.kind != self.kind:
+                raise PydanticCustomError("component_kind", "expected a {kind}, got the {given} {name}",
+                                          {"kind": self.kind, "given": value.kind, "name": repr(value.name)})
+            return value
+        if isinstance(value, str):
+            value = {"type": value}
+        if not isinstance(value, dict):
+            raise PydanticCustomError("component_type", "expected a {kind} name or a mapping with 'type:', got {given}",
+                                      {"kind": self.kind, "given": type(value).__name__})
+        if "type" not in value:
+            raise PydanticCustomError("component_missing_type", "a {kind} needs 'type:'; allowed: {allowed}",
+                                      {"kind": self.kind, "allowed": ", ".join(names(self.kind))})
+        name = value["type"]
+        load_plugins()
+        if not isinstance(name, str) or name not in _REGISTRY[self.kind]:
+            raise PydanticCustomError("unknown_component", "unknown {kind} {given}{hint}; allowed: {allowed}",
+                                      {"kind": self.kind, "given": repr(name), "hint": did_you_mean(str(name), names(self.kind)),
+                                       "allowed": ", ".join(names(self.kind))})
+        try:
+            return _REGISTRY[self.kind][name].model_validate(value)
+        except ValidationError as err:
+            raise PydanticCustomError("invalid_component", "invalid {kind} {name}",
+                                      {"kind": self.kind, "name": repr(name), "errors": err.errors(include_url=False)}) from None
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            self.validate, serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda v: v.dump() if isinstance(v, Component) else v, when_used="always"))
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        choices = {cfg.name: cfg.__pydantic_core_schema__ for cfg in configs(self.kind)}
+        union = core_schema.tagged_union_schema(choices, discriminator="type")  # type: ignore[arg-type]
+        shorthand = {"type": "string", "enum": list(choices), "description": f"a {self.kind} by name, all defaults"}
+        return {"anyOf": [shorthand, handler(union)]}
+
+
+def did_you_mean(given: str, allowed: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(given, allowed, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
