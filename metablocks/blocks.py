@@ -49,6 +49,8 @@ class BlockConfig(BaseModel):
     channel_mixer: Annotated[Component, Ref("channel_mixer")] | None = "mlp"
     layer_scale: float | None = None  # init value of a learnable per-channel scale on each branch
     res_scale: float | None = None  # init value of a learnable per-channel scale on each shortcut
+    post_act: Annotated[Component, Ref("act")] | None = None  # after the residual sum (ResNet's final ReLU)
+    layout: Literal["channels_first", "channels_last"] | None = None  # pin the residual stream's layout (None: auto)
 
     @field_validator("shape")
     @classmethod
@@ -64,8 +66,10 @@ class BlockConfig(BaseModel):
         kept = (tuple(slot for slot in path if getattr(self, slot) is not None) for path in spelled)
         return tuple(path for path in kept if any(slot != "norm" for slot in path))
 
-    def layout(self, incoming: Layout) -> Layout:
-        """The residual stream's layout: the first component with a fixed layout decides."""
+    def stream_layout(self, incoming: Layout) -> Layout:
+        """The residual stream's layout: pinned, else the first component with a fixed layout decides."""
+        if self.layout is not None:
+            return self.layout
         for slot in ("token_mixer", "channel_mixer", "norm"):
             component = getattr(self, slot)
             if component is not None and type(component).layout != "any":
@@ -119,7 +123,7 @@ class Block(nn.Module):
                  block: int | None = None) -> None:
         super().__init__()
         self.config = config
-        self.layout: Layout = config.layout(io_layout or "channels_first")
+        self.layout: Layout = config.stream_layout(io_layout or "channels_first")
         self.io_layout: Layout = io_layout or self.layout
         channels_last = self.layout == "channels_last"
         branches = []
@@ -144,6 +148,7 @@ class Block(nn.Module):
             branches.append(_Branch(tuple(steps), permutation(current, self.layout), names.get("layer_scale"),
                                     names.get("res_scale"), names.get("drop_path")))
         self._branches = tuple(branches)
+        self.post_act = config.post_act.build() if config.post_act is not None else None
         self._in_perm = permutation(self.io_layout, self.layout)
         self._out_perm = permutation(self.layout, self.io_layout)
 
@@ -162,6 +167,8 @@ class Block(nn.Module):
             if branch.drop_path:
                 y = modules[branch.drop_path](y)
             x = (modules[branch.res_scale](x) if branch.res_scale else x) + y
+        if self.post_act is not None:
+            x = self.post_act(x)
         return x.permute(self._out_perm) if self._out_perm else x
 
 

@@ -73,7 +73,7 @@ class Stage(nn.Module):
         blocks, perms = [], []
         for j in range(config.depth):
             block_config = config.block(j)
-            block_layout = block_config.layout(layout)
+            block_layout = block_config.stream_layout(layout)
             blocks.append(Block(config.dim, block_config, resolution=resolution, drop_path=drop_path[j],
                                 io_layout=block_layout, stage=index, block=j))
             perms.append(permutation(layout, block_layout))

@@ -12,10 +12,11 @@ class PoolHead(nn.Module):
     """Global pool -> norm -> dropout -> ``fc``; subclasses say what ``fc`` is."""
 
     def __init__(self, dim: int, num_classes: int, *, pool: str = "avg", norm: Component | None = None,
-                 drop_rate: float = 0.0) -> None:
+                 norm_first: bool = False, drop_rate: float = 0.0) -> None:
         super().__init__()
-        self.dim, self.pool = dim, pool
-        self.norm = norm.build(Context(dim, layout="channels_last")) if norm else nn.Identity()
+        self.dim, self.pool, self.norm_first = dim, pool, norm_first
+        layout = "channels_first" if norm_first else "channels_last"
+        self.norm = norm.build(Context(dim, layout=layout)) if norm else nn.Identity()
         self.drop = nn.Dropout(drop_rate)
         self.fc = self.classifier(num_classes)
 
@@ -27,14 +28,19 @@ class PoolHead(nn.Module):
         self.fc = self.classifier(num_classes) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        if self.norm_first:  # normalize the map, then pool (ViT, MLP-Mixer, Swin)
+            x = self.norm(x)
         x = x.mean((2, 3)) if self.pool == "avg" else x.amax((2, 3))  # (B, C)
-        x = self.drop(self.norm(x))
+        if not self.norm_first:  # pool, then normalize (MetaFormer)
+            x = self.norm(x)
+        x = self.drop(x)
         return x if pre_logits else self.fc(x)
 
 
 class LinearHeadConfig(Component):
     pool: Literal["avg", "max"] = "avg"
     norm: Annotated[Component, Ref("norm")] | None = None
+    norm_first: bool = False  # normalize the (B, C, H, W) map before pooling instead of the pooled vector
     drop_rate: float = 0.0
 
     def build(self, ctx: Context) -> nn.Module:

@@ -1,0 +1,5 @@
+import sys
+
+from metablocks.cli import main
+
+sys.exit(main())

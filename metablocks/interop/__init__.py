@@ -1,0 +1,1 @@
+"""Weights in and out: timm state_dicts into metablocks models."""
