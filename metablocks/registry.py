@@ -155,25 +155,32 @@ def configs(kind: str) -> list[type[Component]]:
     return [_REGISTRY[kind][n] for n in sorted(_REGISTRY[kind])]
 
 
-_plugins_loaded = False
+_builtins_loaded = False
+_entry_points_loaded: set[str] = set()
 
 
-def load_plugins() -> None:
-    """Import the built-in components and every ``metablocks.components`` entry point, once."""
-    global _plugins_loaded
-    if _plugins_loaded:
+def load_plugins(refresh: bool = False) -> None:
+    """Import the built-in components once, and every ``metablocks.components`` entry point not loaded yet.
+
+    ``refresh=True`` looks for entry points again (after installing a plugin in a running process).
+    """
+    global _builtins_loaded
+    if _builtins_loaded and not refresh:
         return
-    _plugins_loaded = True
     import importlib
     import pkgutil
     from importlib.metadata import entry_points
 
-    from metablocks import components
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        from metablocks import components
 
-    for info in pkgutil.walk_packages(components.__path__, components.__name__ + "."):
-        importlib.import_module(info.name)
+        for info in pkgutil.walk_packages(components.__path__, components.__name__ + "."):
+            importlib.import_module(info.name)
     for ep in entry_points(group="metablocks.components"):
-        ep.load()
+        if ep.value not in _entry_points_loaded:
+            _entry_points_loaded.add(ep.value)
+            ep.load()
 
 
 class Ref:
@@ -231,4 +238,4 @@ def did_you_mean(given: str, allowed: list[str]) -> str:
     import difflib
 
     close = difflib.get_close_matches(given, allowed, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -30,6 +30,11 @@ class RecipeError(ValueError):
     """A recipe (or a block/sweep spec) is wrong; ``problems`` lists every mistake found, each with its place."""
 
     def __init__(self, problems: list[Problem]) -> None:
+        # a mistake written once in ``block:`` reaches every stage: report it once, where it was written
+        unique: dict[tuple, Problem] = {}
+        for p in problems:
+            unique.setdefault((p.file, p.line, p.written_at or p.path, p.message), p)
+        problems = list(unique.values())
         self.problems = problems
         lines = [str(p) for p in problems]
         head = "invalid recipe" if len(problems) == 1 else f"invalid recipe: {len(problems)} problems"
@@ -97,7 +102,9 @@ def _fields_at(model: type[BaseModel], raw: Any, loc: tuple[Any, ...]) -> list[s
         if cls is None or key not in cls.model_fields:
             return []
         node = node.get(key) if isinstance(node, dict) else None
-        cls, kind = _inner(cls.model_fields[key].annotation)
+        field = cls.model_fields[key]
+        refs = [meta for meta in field.metadata if isinstance(meta, Ref)]  # pydantic moves top-level Annotated here
+        cls, kind = (None, refs[0].kind) if refs else _inner(field.annotation)
         if kind is not None:
             item = node[0] if isinstance(node, list) and node else node
             name = item.get("type") if isinstance(item, dict) else item

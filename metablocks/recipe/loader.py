@@ -29,20 +29,30 @@ def recipes_dir() -> Path:
 
 
 def shipped_recipes() -> dict[str, Path]:
-    """Name -> file of every shipped recipe that names a model (bases without ``stages`` are left out)."""
-    found = {}
-    for path in sorted(recipes_dir().rglob("*.yaml")):
-        data = yaml.safe_load(path.read_text()) or {}
-        if "stages" in data or "extends" in data:
-            found[data.get("name", path.stem)] = path
-    return found
+    """Name -> file of every shipped recipe that is a model (family bases, which have no ``stages``, are left out)."""
+    files = sorted(recipes_dir().rglob("*.yaml"))
+    data = {path: yaml.safe_load(path.read_text()) or {} for path in files}
+    by_name = {path.name: path for path in files}
+
+    def has_stages(path: Path, seen: tuple[Path, ...] = ()) -> bool:
+        base = data[path].get("extends")
+        if "stages" in data[path]:
+            return True
+        base_path = by_name.get(base if str(base).endswith(".yaml") else f"{base}.yaml")
+        return base_path is not None and base_path not in seen and has_stages(base_path, (*seen, path))
+
+    return {data[path].get("name", path.stem): path for path in files if has_stages(path)}
 
 
 def _find_extends(name: str, relative_to: Path | None, where: Where) -> Path:
     candidates = [Path(name)] if Path(name).is_absolute() else []
     if relative_to is not None:
         candidates.append(relative_to.parent / name)
-    candidates += [recipes_dir() / name, *recipes_dir().rglob(Path(name).name)]
+    stem = Path(name).name if Path(name).suffix in (".yaml", ".yml") else Path(name).name + ".yaml"
+    candidates += [recipes_dir() / name, *recipes_dir().rglob(stem)]
+    shipped = shipped_recipes()
+    if name in shipped:
+        candidates.append(shipped[name])
     for candidate in candidates:
         if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
             return candidate.resolve()
@@ -221,7 +231,7 @@ def load_recipe(source: str | Path | Mapping[str, Any] | Recipe,
             return source
         source = source.dump()
     raw, file = load_raw(source)
-    raw = _flatten(raw, file, ())
+    raw = _flatten(raw, file, (file,) if file else ())
     for path, value in parse_overrides(overrides):
         apply_override(raw, path, value)
     raw = expand(raw)

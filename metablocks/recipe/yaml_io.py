@@ -70,8 +70,14 @@ def parse(text: str, file: str) -> Any:
     return _construct(node, file, yaml.SafeLoader(""))
 
 
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("map", "seq", "str", "int", "float", "bool", "null", "merge")}
+
+
 def _construct(node: yaml.Node, file: str, loader: yaml.SafeLoader) -> Any:
     at = Where(file, node.start_mark.line + 1)
+    if node.tag not in _PLAIN_TAGS:
+        raise RecipeError([Problem(file, at.line, None, f"YAML tag {node.tag!r} is not allowed: recipes hold plain "
+                                   f"data only (mappings, lists, strings, numbers, booleans, null)")])
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # merge keys (<<: *anchor)
         doc = Doc(at=at)
@@ -86,11 +92,7 @@ def _construct(node: yaml.Node, file: str, loader: yaml.SafeLoader) -> Any:
         items = DocList([_construct(item, file, loader) for item in node.value], at=at)
         items.where = [Where(file, item.start_mark.line + 1) for item in node.value]
         return items
-    try:
-        return loader.construct_object(node, deep=True)
-    except yaml.constructor.ConstructorError as err:
-        raise RecipeError([Problem(file, at.line, None, f"YAML tag {node.tag!r} is not allowed: recipes hold plain "
-                                   f"data only (mappings, lists, strings, numbers, booleans, null)")]) from None
+    return loader.construct_object(node, deep=True)
 
 
 def load_file(path: Path) -> Any:
