@@ -1,0 +1,115 @@
+"""``metablocks sweep plan|run|report``: ablation sweeps over recipe fields (see metablocks/sweep)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("sweep", help="plan, run and report ablation sweeps", description=__doc__)
+    sub = p.add_subparsers(dest="sweep_command", required=True, metavar="ACTION")
+
+    plan = sub.add_parser("plan", help="show the expanded runs of a sweep spec, before anything trains")
+    plan.add_argument("spec", help="sweep YAML file")
+    plan.add_argument("--out", default=None, help="sweep directory: also show which runs are finished there")
+    plan.add_argument("--macs", action="store_true", help="build each configuration and show params and MACs")
+    plan.add_argument("--json", action="store_true", help="print the runs as JSON")
+    plan.set_defaults(func=do_plan)
+
+    run = sub.add_parser("run", help="run (or resume) a sweep", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run.add_argument("spec", help="sweep YAML file")
+    run.add_argument("--out", default=None, help="sweep directory (default: runs/<sweep name>)")
+    run.add_argument("--executor", choices=["local", "ray"], default="local")
+    run.add_argument("--workers", type=int, default=1, help="local: runs at once (>1: one process per run)")
+    run.add_argument("--address", default=None, help="ray: cluster address (auto, host:6379, ray://host:10001); "
+                     "default: RAY_ADDRESS or a new local Ray")
+    run.add_argument("--cpus-per-run", type=float, default=1.0, help="ray: CPUs each run's task reserves")
+    run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
+    run.add_argument("--no-progress", action="store_true")
+    run.set_defaults(func=do_run)
+
+    report = sub.add_parser("report", help="regenerate a sweep's tables and plots from its results.jsonl")
+    report.add_argument("dir", help="sweep directory")
+    report.set_defaults(func=do_report)
+
+
+def _default_out(spec: Any) -> Path:
+    return Path("runs") / spec.name
+
+
+def do_plan(args: argparse.Namespace) -> int:
+    from metablocks.sweep import ResultStore, Sweep
+
+    sweep = Sweep.load(args.spec)
+    runs = sweep.plan()
+    done = ResultStore(args.out).latest() if args.out else {}
+    if args.json:
+        print(json.dumps([r.to_dict() for r in runs], indent=1))
+        return 0
+    sizes: dict[str, str] = {}
+    if args.macs:
+        sizes = _sizes(sweep, runs)
+    columns = [a.column for a in sweep.spec.axes]
+    configs = list(dict.fromkeys(r.config_key for r in runs))
+    spec = sweep.spec
+    print(f"sweep {spec.name}: {len(runs)} runs = {len(configs)} configurations x {len(spec.seed_list)} seed(s) "
+          f"({spec.mode}); {spec.train.epochs} epochs each on {spec.data.source} at {spec.data.img_size}px")
+    header = ["#", *columns, "seed", "run_id", "status"] + (["params", "MACs"] if sizes else [])
+    rows = []
+    for i, r in enumerate(runs):
+        status = "invalid: " + r.invalid if r.invalid else "to run"
+        if r.run_id in done:
+            status = done[r.run_id]["status"] + (f" (top-1 {done[r.run_id]['top1']:.2f}%)"
+                                                  if done[r.run_id]["status"] == "ok" else "")
+        extra = [sizes.get(r.config_key, ("", ""))[0], sizes.get(r.config_key, ("", ""))[1]] if sizes else []
+        rows.append([str(i), *(r.labels[c] for c in columns), str(r.seed), r.run_id, status, *extra])
+    widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    invalid = sum(1 for r in runs if r.invalid)
+    if invalid:
+        print(f"{invalid} run(s) are invalid at this resolution and will be recorded as failed")
+    return 0
+
+
+def _sizes(sweep: Any, runs: list[Any]) -> dict[str, tuple[str, str]]:
+    from metablocks.analysis import count_macs, count_params, human
+    from metablocks.data import load_splits
+    from metablocks.model import build_model
+
+    splits = load_splits(sweep.spec.data)  # for the classes and channels the models are built with
+    out = {}
+    for r in runs:
+        if r.config_key in out or r.invalid:
+            continue
+        model = build_model(r.recipe, in_chans=splits.in_chans, num_classes=splits.num_classes)
+        size = r.data["img_size"]
+        macs = count_macs(model, (splits.in_chans, size, size)).total
+        out[r.config_key] = (human(count_params(model)), human(macs))
+    return out
+
+
+def do_run(args: argparse.Namespace) -> int:
+    from metablocks.sweep import Sweep, run_sweep
+
+    sweep = Sweep.load(args.spec)
+    out = Path(args.out) if args.out else _default_out(sweep.spec)
+    records = run_sweep(sweep, out, executor=args.executor, workers=args.workers, address=args.address,
+                        cpus_per_run=args.cpus_per_run, retry_failed=args.retry_failed, progress=not args.no_progress)
+    ok = sum(r["status"] == "ok" for r in records)
+    print(f"{ok} of {len(records)} runs ok; results in {out}/results.jsonl, table {out}/results.md, plots {out}/plots/")
+    print((out / "results.md").read_text())
+    return 0
+
+
+def do_report(args: argparse.Namespace) -> int:
+    from metablocks.sweep import report
+
+    made = report(args.dir)
+    print(f"{made['finished']} of {made['planned']} runs finished")
+    print(Path(made["markdown"]).read_text())
+    for path in made["plots"]:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,109 @@
+"""``metablocks train RECIPE --data SOURCE``: train one model (also under ``torchrun`` with DDP)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from metablocks.train.config import TrainConfig
+
+SCALARS = (int, float, str, bool)
+
+
+def _scalar(annotation: Any) -> type | None:
+    """The plain type of a field that takes one scalar (``int | None`` -> int), else None."""
+    if annotation in SCALARS:
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0] if len(args) == 1 and args[0] in SCALARS else None
+    if typing.get_origin(annotation) is typing.Literal:
+        return str
+    return None
+
+
+def add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per scalar field of TrainConfig (``--epochs``, ``--batch-size``, ``--lr``, ...)."""
+    group = parser.add_argument_group("training (TrainConfig)")
+    for name, field in TrainConfig.model_fields.items():
+        kind = _scalar(field.annotation)
+        if kind is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            group.add_argument(flag, dest=f"train_{name}", action=argparse.BooleanOptionalAction, default=None,
+                               help=f"(default {field.default})")
+        else:
+            group.add_argument(flag, dest=f"train_{name}", type=kind, default=None, metavar=kind.__name__.upper(),
+                               help=f"(default {field.default})")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    given = {k[len("train_"):]: v for k, v in vars(args).items() if k.startswith("train_") and v is not None}
+    return TrainConfig(**given)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("train", help="train one model on a dataset", description=__doc__,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("recipe", help="recipe file or shipped recipe name")
+    p.add_argument("-o", "--override", action="append", default=[], metavar="PATH=VALUE",
+                   help="dotted recipe override, e.g. stages[2:].token_mixer=attention (repeatable)")
+    data = p.add_argument_group("data (DataConfig)")
+    data.add_argument("--data", default="digits", help="digits, synthetic, imagefolder, cifar10, cifar100")
+    data.add_argument("--data-path", default=None, help="local directory for imagefolder / cifar10 / cifar100")
+    data.add_argument("--img-size", type=int, default=32)
+    data.add_argument("--limit-train", type=int, default=None)
+    data.add_argument("--limit-val", type=int, default=None)
+    data.add_argument("--crop-padding", type=int, default=2, help="random translation in pixels (0: none)")
+    data.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    add_train_flags(p)
+    p.add_argument("--out", default=None, help="directory for checkpoint.safetensors, model.safetensors and "
+                   "result.json; an existing checkpoint there is resumed")
+    p.add_argument("--measure", action="store_true", help="also measure params, MACs, speed and memory")
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from metablocks.data import AugmentConfig, DataConfig
+    from metablocks.train.checkpoint import atomic_write
+    from metablocks.train.config import MeasureConfig
+    from metablocks.train.loop import TrainingFailed, init_world, train
+    from metablocks.train.progress import Progress
+
+    data = DataConfig(source=args.data, path=args.data_path, img_size=args.img_size, limit_train=args.limit_train,
+                      limit_val=args.limit_val, augment=AugmentConfig(crop_padding=args.crop_padding, hflip=args.hflip))
+    config = train_config(args)
+    world = init_world(config.device)
+    progress = Progress(enabled=not args.no_progress and world.main)
+    try:
+        result = train(args.recipe, data=data, config=config, out_dir=args.out, overrides=args.override or None,
+                       measure=MeasureConfig() if args.measure else None, make_progress=progress.run,
+                       name=Path(args.recipe).stem)
+    except TrainingFailed as err:
+        print(f"error: training failed: {err}", file=sys.stderr)
+        return 1
+    model = result.pop("_model")
+    if world.main:
+        summary = {k: v for k, v in result.items() if k != "curves"}
+        print(f"top-1 {result['top1']:.2f}% (best {result['best_top1']:.2f}%) after {result['epochs']} epochs, "
+              f"{result['train_throughput']:.0f} img/s training on {result['world_size']} x {result['device']}")
+        if args.out:
+            from safetensors.torch import save_file
+
+            out = Path(args.out)
+            save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                      str(out / "model.safetensors"))
+            atomic_write(out / "result.json", json.dumps({**summary, "curves": result["curves"]}, indent=1,
+                                                         default=str).encode())
+            print(f"wrote {out / 'model.safetensors'} and {out / 'result.json'}")
+    if world.size > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return 0
