@@ -17,15 +17,9 @@ SUGAR = ("extends", "block", "stage_defaults", "downsample")
 
 def recipes_dir() -> Path:
     """Where the shipped recipes are: inside the installed package, or ``recipes/`` of a source checkout."""
-    from importlib import resources
-
-    try:
-        shipped = Path(str(resources.files("metablocks._recipes")))
-        if shipped.is_dir():
-            return shipped
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parents[2] / "recipes"
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "_recipes"
+    return installed if installed.is_dir() else package.parent / "recipes"
 
 
 def shipped_recipes() -> dict[str, Path]:
