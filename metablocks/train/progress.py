@@ -85,8 +85,7 @@ class Progress:
               file=self.stream, flush=True)
 
     def note(self, message: str) -> None:
-        if not self.enabled:
-            return
+        """A message for the user (shown even without progress output)."""
         if self.overall is not None:
             self.overall.write(message, file=self.stream)
         else:

@@ -1,0 +1,63 @@
+"""The Ray executor on a real local Ray cluster (started on 127.0.0.1 by the test, stopped after)."""
+import json
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+SPEC = textwrap.dedent("""\
+    name: on_ray
+    base:
+      name: tiny
+      stem: {type: conv, kernel_size: 3, stride: 2, padding: 1}
+      downsample: {type: conv}
+      block: {norm: {type: groupnorm, num_groups: 1}}
+      stages:
+        - {depth: 1, dim: 8}
+        - {depth: 1, dim: 16}
+    axes:
+      - {path: "stages[1].token_mixer", values: [pooling, identity], name: mixer}
+    seeds: [0, 1]
+    data: {source: synthetic, img_size: 16, num_classes: 4, train_size: 64, val_size: 32}
+    train: {epochs: 1, batch_size: 16, threads: 1}
+    measure: {batch_size: 4, warmup: 0, iters: 1}
+    """)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_four_runs_as_ray_tasks_on_a_local_cluster(tmp_path) -> None:
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    port = _free_port()
+    start = subprocess.run([ray_cli, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                            "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"],
+                           capture_output=True, text=True, timeout=180)
+    try:
+        assert start.returncode == 0, start.stderr[-3000:]
+        spec = tmp_path / "sweep.yaml"
+        spec.write_text(SPEC)
+        out = tmp_path / "out"
+        result = subprocess.run([sys.executable, "-m", "metablocks", "sweep", "run", str(spec), "--out", str(out),
+                                 "--executor", "ray", "--address", f"127.0.0.1:{port}", "--no-progress"],
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"submitted 4 runs to Ray at 127.0.0.1:{port}" in result.stderr
+        records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+        assert sorted((r["labels"]["mixer"], r["seed"]) for r in records) == [
+            ("identity", 0), ("identity", 1), ("pooling", 0), ("pooling", 1)]
+        assert all("ray_pid" in r for r in records)  # each came back from a Ray task
+        assert all((out / "runs" / r["run_id"] / "model.safetensors").is_file() for r in records)
+        assert "| identity |" in (out / "results.md").read_text()
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
