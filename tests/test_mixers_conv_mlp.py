@@ -301,6 +301,41 @@ def test_raft_block_equals_the_official_serial_mixing() -> None:
     assert (block(x) - expected).abs().max().item() <= 1e-5
 
 
+def test_raft_axis_blocks_reproduce_the_official_three_branch_block() -> None:
+    """Official RaftMLP block: x += V(LN(x)); x += H(LN(x)); x += MLP(LN(x)). Two of our blocks (vertical with no
+    channel mixer, then horizontal with the MLP), as a recipe cycling per-block lists builds them, compute the same."""
+    dim, r, height, width = 8, 2, 4, 6
+    first = metablocks.MetaFormerBlock(dim=dim, resolution=(height, width), norm={"type": "layernorm", "eps": 1e-5},
+                                       token_mixer={"type": "raft", "raft_size": r, "axis": "vertical"}, channel_mixer=None)
+    second = metablocks.MetaFormerBlock(dim=dim, resolution=(height, width), norm={"type": "layernorm", "eps": 1e-5},
+                                        token_mixer={"type": "raft", "raft_size": r, "axis": "horizontal"}, channel_mixer="mlp")
+    with torch.no_grad():
+        for norm in (first.norm1, second.norm1, second.norm2):
+            norm.weight.normal_()
+            norm.bias.normal_()
+    g = dim // r
+    ln = lambda t, norm: F.layer_norm(t, (dim,), norm.weight, norm.bias, 1e-5)  # noqa: E731
+    vmlp, hmlp, cmlp = first.token_mixer.vertical, second.token_mixer.horizontal, second.channel_mixer
+
+    def vertical(t: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(2, height, width, r, g).permute(0, 4, 2, 3, 1).reshape(2, g * width, r * height)
+        t = vmlp.fc2(F.gelu(vmlp.fc1(t)))
+        return t.reshape(2, g, width, r, height).permute(0, 4, 2, 3, 1).reshape(2, height * width, dim)
+
+    def horizontal(t: torch.Tensor) -> torch.Tensor:
+        t = t.reshape(2, height, width, r, g).permute(0, 4, 1, 3, 2).reshape(2, g * height, r * width)
+        t = hmlp.fc2(F.gelu(hmlp.fc1(t)))
+        return t.reshape(2, g, height, r, width).permute(0, 2, 4, 3, 1).reshape(2, height * width, dim)
+
+    x = torch.randn(2, dim, height, width)
+    t = x.flatten(2).transpose(1, 2)  # (B, H*W, C)
+    t = t + vertical(ln(t, first.norm1))
+    t = t + horizontal(ln(t, second.norm1))
+    t = t + cmlp.fc2(F.gelu(cmlp.fc1(ln(t, second.norm2))))
+    expected = t.transpose(1, 2).reshape(2, dim, height, width)
+    assert (second(first(x)) - expected).abs().max().item() <= 1e-5
+
+
 def test_raft_checks() -> None:
     with pytest.raises(RecipeError, match="raft_size=3 does not divide dim=64"):
         metablocks.MetaFormerBlock(dim=64, token_mixer={"type": "raft", "raft_size": 3}, resolution=(14, 14))
