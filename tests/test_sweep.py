@@ -218,9 +218,9 @@ def test_append_keeps_every_line_whole(tmp_path) -> None:
     assert [r["value"] for r in store.records()] == [0, 1, 2, 3, 4, 10]
     assert store.latest()["r1"]["value"] == 10
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
-    with pytest.raises(ValueError):
-        store.append({"run_id": "x", "top1": float("nan")})  # never write invalid JSON
-    assert len(store.records()) == 6
+    store.append({"run_id": "x", "top1": float("nan"), "curves": [{"val_loss": float("inf")}]})
+    assert store.records()[-1] == {"run_id": "x", "top1": None, "curves": [{"val_loss": None}]}  # strict JSON
+    assert "NaN" not in store.path.read_text() and len(store.records()) == 7
 
 
 def test_pareto_front() -> None:

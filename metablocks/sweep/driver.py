@@ -43,6 +43,8 @@ def run_sweep(source: str | Path | Mapping[str, Any] | SweepSpec | Sweep, out_di
     Run the same call again after an interruption (even SIGKILL) and it resumes: finished runs are skipped, an
     interrupted run continues from its last epoch checkpoint. ``retry_failed`` runs failed runs again.
     """
+    if executor not in ("local", "ray"):
+        raise ValueError(f"unknown executor {executor!r}; executors: local, ray")
     sweep = source if isinstance(source, Sweep) else Sweep.load(source)
     runs = sweep.plan()
     out = Path(out_dir).resolve()
@@ -64,9 +66,7 @@ def run_sweep(source: str | Path | Mapping[str, Any] | SweepSpec | Sweep, out_di
             write_tables(out, [r for r in store.latest().values() if r["run_id"] in planned], columns)
             bar.run_finished(record["config"] + f" seed={record['seed']}", _summary(record))
 
-        runner = (RayExecutor(address, cpus_per_run) if executor == "ray" else LocalExecutor(workers))
-        if executor not in ("local", "ray"):
-            raise ValueError(f"unknown executor {executor!r}; executors: local, ray")
+        runner = RayExecutor(address, cpus_per_run) if executor == "ray" else LocalExecutor(workers)
         try:
             runner.execute(pending, out, on_done, bar)
         finally:

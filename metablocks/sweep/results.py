@@ -10,6 +10,7 @@ import csv
 import fcntl
 import io
 import json
+import math
 import os
 import statistics
 from pathlib import Path
@@ -66,9 +67,20 @@ class ResultStore:
         return {r["run_id"]: r for r in self.records()}
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, sort_keys=True, allow_nan=False, default=str) + "\n"
+        """Add one record (non-finite numbers are written as null: the file stays strict JSON)."""
+        line = json.dumps(_finite(record), sort_keys=True, allow_nan=False, default=str) + "\n"
         old = self.path.read_bytes() if self.path.is_file() else b""
         atomic_write(self.path, old + line.encode())
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:

@@ -209,7 +209,7 @@ def train(recipe: Any, *, data: DataConfig, config: TrainConfig, out_dir: str | 
             torch.cuda.synchronize(device)
         epoch_time = time.perf_counter() - start
         (train_loss,) = _all_sum([loss_sum / steps], world)
-        val_loss, val_top1 = evaluate(ddp, val_batches, augment, world, autocast)
+        val_loss, val_top1 = evaluate(model, val_batches, augment, world, autocast)  # unwrapped: shards may be uneven
         in_sync = params_in_sync(model, world)
         if not in_sync:
             raise TrainingFailed(f"data-parallel ranks diverged at epoch {epoch + 1}")
