@@ -21,10 +21,10 @@ def pareto(points: list[tuple[float, float]], cost_higher_is_better: bool = Fals
     return sorted(front, key=lambda i: points[i][0])
 
 
-AXES = {
-    "macs": ("MACs (M) per image", 1e-6, False),
-    "params": ("parameters (K)", 1e-3, False),
-    "throughput_bN": ("inference throughput (images/s, batch N)", 1.0, True),
+AXES = {  # metric -> (axis label, scale, higher is better, title)
+    "macs": ("MACs (M) per image", 1e-6, False, "MACs"),
+    "params": ("parameters (K)", 1e-3, False, "parameters"),
+    "throughput_bN": ("inference throughput (images/s, batch N)", 1.0, True, "throughput"),
 }
 
 
@@ -38,7 +38,7 @@ def plot_tradeoffs(rows: list[dict[str, Any]], group_by: str | None, out_dir: Pa
     rows = [r for r in rows if r["ok"] and r.get("macs") is not None]
     groups = list(dict.fromkeys(str(r.get(group_by, r["config"])) for r in rows)) if group_by else []
     written = []
-    for metric, (label, scale, higher) in AXES.items():
+    for metric, (label, scale, higher, name) in AXES.items():
         points = [(r[metric] * scale, r["top1_mean"]) for r in rows if r.get(metric) is not None]
         usable = [r for r in rows if r.get(metric) is not None]
         if not usable:
@@ -57,7 +57,7 @@ def plot_tradeoffs(rows: list[dict[str, Any]], group_by: str | None, out_dir: Pa
             ax.scatter(*points[i], s=220, facecolors="none", edgecolors="k", lw=1.2, zorder=3)
         ax.set_xlabel(label)
         ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(f"{title}: top-1 vs {metric}")
+        ax.set_title(f"{title}: top-1 vs {name}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
         fig.tight_layout()
