@@ -75,3 +75,11 @@ def test_attention_with_spatial_reduction_attends_to_the_reduced_map() -> None:
     expected = mixer.proj(out.transpose(1, 2).reshape(1, 16, 16)).reshape(1, 4, 4, 16)
     assert torch.allclose(mixer(x), expected, atol=1e-5)
     assert config.check(Context(16, resolution=(1, 1))) == ["sr_ratio=2 exceeds the 1x1 map"]
+
+
+def test_dwconv_refuses_a_bias_it_would_ignore() -> None:
+    from metablocks.components.token_mixers.dwconv import DWConv
+
+    config = DWConv.Config(kernel_size=13, small_kernel=5, bias=False)
+    assert config.check(Context(8)) == ["bias has no effect with small_kernel: each branch's BatchNorm supplies the shift"]
+    assert DWConv.Config(kernel_size=13, small_kernel=5).check(Context(8)) == []

@@ -33,6 +33,8 @@ class DWConvConfig(Component):
                 errors.append(f"small_kernel must be odd to keep the map size, got {s}")
             if not 1 <= s < k:
                 errors.append(f"small_kernel must be smaller than kernel_size={k}, got {s}")
+            if "bias" in self.model_fields_set:
+                errors.append("bias has no effect with small_kernel: each branch's BatchNorm supplies the shift")
         return errors
 
 
