@@ -1,0 +1,154 @@
+"""(Shifted) window self-attention with a relative position bias (Liu et al., "Swin Transformer: Hierarchical Vision
+Transformer using Shifted Windows", ICCV 2021)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from metablocks.registry import Component, Context, register
+
+
+class WindowAttentionConfig(Component):
+    layout = "channels_last"
+    window_size: int = 7
+    shift: bool | int = False  # True: shift by window_size // 2 (Swin's odd blocks); an int: that many tokens
+    head_dim: int | None = None  # default 32 when num_heads is not given either
+    num_heads: int | None = None
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    attn_drop: float = 0.0
+    proj_drop: float = 0.0
+    mask_value: float = -100.0  # added to scores between tokens that the cyclic shift brought together (Swin: -100)
+
+    def heads(self, dim: int) -> tuple[int, int]:
+        """(num_heads, head_dim) for ``dim`` channels."""
+        if self.num_heads and self.head_dim:
+            return self.num_heads, self.head_dim
+        if self.num_heads:
+            return self.num_heads, dim // self.num_heads
+        head_dim = self.head_dim or 32
+        return max(dim // head_dim, 1), head_dim
+
+    def shift_size(self) -> int:
+        return self.window_size // 2 if self.shift is True else int(self.shift)
+
+    def window_and_shift(self, resolution: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Window and shift per axis for a map of ``resolution``: an axis no longer than the window gets one
+        window the size of the map and no shift (as in the Swin code)."""
+        window = tuple(min(r, self.window_size) for r in resolution)
+        shift = tuple(0 if r <= self.window_size else self.shift_size() for r in resolution)
+        return window, shift  # type: ignore[return-value]
+
+    def check(self, ctx: Context) -> list[str]:
+        errors = []
+        if self.window_size < 1:
+            errors.append(f"window_size must be at least 1, got {self.window_size}")
+        if not 0 <= self.shift_size() < self.window_size:
+            errors.append(f"the shift ({self.shift_size()}) must be in [0, window_size={self.window_size})")
+        if self.num_heads and not self.head_dim and ctx.dim % self.num_heads:
+            errors.append(f"dim={ctx.dim} is not divisible by num_heads={self.num_heads}")
+        if not self.num_heads and ctx.dim % (self.head_dim or 32) and ctx.dim > (self.head_dim or 32):
+            errors.append(f"dim={ctx.dim} is not divisible by head_dim={self.head_dim or 32}")
+        if ctx.resolution is None:
+            errors.append("window_attention needs the feature map size (its shift mask is built for it)")
+        return errors
+
+    def build(self, ctx: Context) -> nn.Module:
+        assert ctx.resolution is not None, "window_attention needs the feature map size"
+        num_heads, head_dim = self.heads(ctx.dim)
+        window, shift = self.window_and_shift(ctx.resolution)
+        return WindowAttention(ctx.dim, num_heads=num_heads, head_dim=head_dim, window_size=window, shift_size=shift,
+                               resolution=ctx.resolution, qkv_bias=self.qkv_bias, proj_bias=self.proj_bias,
+                               attn_drop=self.attn_drop, proj_drop=self.proj_drop, mask_value=self.mask_value)
+
+
+def relative_position_index(window: tuple[int, int]) -> Tensor:
+    """(N, N) index into the (2*wh-1)*(2*ww-1) bias table for every pair of the N = wh*ww tokens of a window."""
+    wh, ww = window
+    rows, cols = torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()  # (N,) each, row-major like the tokens of a window
+    d_row = rows[:, None] - rows[None, :] + (wh - 1)  # (N, N) in [0, 2*wh-2]
+    d_col = cols[:, None] - cols[None, :] + (ww - 1)  # (N, N) in [0, 2*ww-2]
+    return d_row * (2 * ww - 1) + d_col
+
+
+def _regions(size: int, window: int, shift: int) -> Tensor:
+    """Per position of a padded axis of ``size``: which of the (up to) three bands it came from before the
+    cyclic shift: 0 = untouched, 1 = the last window's remainder, 2 = the ``shift`` positions rolled in."""
+    pos = torch.arange(size)
+    if shift == 0:
+        return torch.zeros(size, dtype=torch.long)
+    return (pos >= size - window).long() + (pos >= size - shift).long()
+
+
+def shift_mask(padded: tuple[int, int], window: tuple[int, int], shift: tuple[int, int], value: float) -> Tensor:
+    """(num_windows, N, N) additive mask: ``value`` between tokens of a window that were not neighbours
+    before the cyclic shift, 0 elsewhere. ``padded`` is the (H, W) of the rolled, padded map."""
+    region = _regions(padded[0], window[0], shift[0])[:, None] * 3 + _regions(padded[1], window[1], shift[1])[None, :]
+    region = rearrange(region, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=window[0], ww=window[1])  # (nW, N)
+    differs = region[:, :, None] != region[:, None, :]  # (nW, N, N)
+    return torch.zeros(differs.shape).masked_fill(differs, value)
+
+
+@register("token_mixer", "window_attention", config=WindowAttentionConfig)
+class WindowAttention(nn.Module):
+    """Self-attention inside non-overlapping windows, optionally cyclically shifted, with a learned relative
+    position bias per head (Swin Transformer, Liu et al. 2021)."""
+
+    def __init__(self, dim: int, *, num_heads: int, head_dim: int, window_size: tuple[int, int],
+                 shift_size: tuple[int, int], resolution: tuple[int, int], qkv_bias: bool = True,
+                 proj_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 mask_value: float = -100.0) -> None:
+        super().__init__()
+        self.num_heads, self.attn_drop, self.mask_value = num_heads, attn_drop, mask_value
+        self.window_size, self.shift_size = tuple(window_size), tuple(shift_size)
+        inner = num_heads * head_dim
+        wh, ww = self.window_size
+        self.relative_position_bias_table = nn.Parameter(torch.empty((2 * wh - 1) * (2 * ww - 1), num_heads))
+        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
+        self.register_buffer("relative_position_index", relative_position_index(self.window_size), persistent=False)
+        self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
+        self.proj = nn.Linear(inner, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self._padded = self._padded_size(resolution)
+        mask = shift_mask(self._padded, self.window_size, self.shift_size, mask_value) if any(self.shift_size) else None
+        self.register_buffer("attn_mask", mask, persistent=False)
+
+    def _padded_size(self, resolution: tuple[int, int]) -> tuple[int, int]:
+        return tuple(-(-r // w) * w for r, w in zip(resolution, self.window_size))  # type: ignore[return-value]
+
+    def _bias(self, padded: tuple[int, int], device: torch.device) -> Tensor:
+        """Relative position bias plus, for shifted windows, the shift mask: (heads or nW, heads, N, N)."""
+        n = self.window_size[0] * self.window_size[1]
+        table = self.relative_position_bias_table[self.relative_position_index.flatten()]  # (N*N, heads)
+        bias = rearrange(table, "(i j) h -> h i j", i=n)  # (heads, N, N)
+        if not any(self.shift_size):
+            return bias
+        mask = self.attn_mask if padded == self._padded else \
+            shift_mask(padded, self.window_size, self.shift_size, self.mask_value).to(device)
+        return bias + mask[:, None].to(bias.dtype)  # (nW, heads, N, N)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
+        height, width = x.shape[1:3]
+        sh, sw = self.shift_size
+        wh, ww = self.window_size
+        if sh or sw:
+            x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+        padded = self._padded_size((height, width))
+        if padded != (height, width):
+            x = F.pad(x, (0, 0, 0, padded[1] - width, 0, padded[0] - height))
+        windows = rearrange(x, "b (nh wh) (nw ww) c -> b (nh nw) (wh ww) c", wh=wh, ww=ww)  # (B, nW, N, C)
+        q, k, v = rearrange(self.qkv(windows), "b w n (three h d) -> three b w h n d", three=3, h=self.num_heads)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(padded, x.device),
+                                             dropout_p=self.attn_drop if self.training else 0.0)  # (B, nW, heads, N, d)
+        out = self.proj_drop(self.proj(rearrange(out, "b w h n d -> b w n (h d)")))  # (B, nW, N, C)
+        x = rearrange(out, "b (nh nw) (wh ww) c -> b (nh wh) (nw ww) c", nh=padded[0] // wh, wh=wh, ww=ww)
+        x = x[:, :height, :width]
+        if sh or sw:
+            x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
+        return x
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, window_size={self.window_size}, shift_size={self.shift_size}"
