@@ -1,0 +1,105 @@
+"""Cross-shaped window attention with locally-enhanced positional encoding (Dong et al., "CSWin Transformer: A General
+Vision Transformer Backbone with Cross-Shaped Windows", CVPR 2022)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from metablocks.registry import Component, Context, register
+
+
+class CSWinAttentionConfig(Component):
+    layout = "channels_last"
+    split_size: int | None = 7  # stripe width; None: every head attends over the whole map (CSWin's last stage)
+    head_dim: int | None = None  # default 32 when num_heads is not given either
+    num_heads: int | None = None
+    qkv_bias: bool = True
+    proj_bias: bool = True
+    lepe_kernel_size: int = 3
+    attn_drop: float = 0.0
+    proj_drop: float = 0.0
+
+    def heads(self, dim: int) -> tuple[int, int]:
+        """(num_heads, head_dim) for ``dim`` channels, all branches together."""
+        if self.num_heads and self.head_dim:
+            return self.num_heads, self.head_dim
+        if self.num_heads:
+            return self.num_heads, dim // self.num_heads
+        head_dim = self.head_dim or 32
+        return max(dim // head_dim, 1), head_dim
+
+    def check(self, ctx: Context) -> list[str]:
+        errors = []
+        num_heads, head_dim = self.heads(ctx.dim)
+        if num_heads * head_dim != ctx.dim:
+            errors.append(f"dim={ctx.dim} is not num_heads={num_heads} x head_dim={head_dim}")
+        if self.split_size is not None:
+            if num_heads % 2:
+                errors.append(f"stripe attention splits the heads in half (horizontal, vertical): "
+                              f"num_heads={num_heads} is odd")
+            if self.split_size < 1:
+                errors.append(f"split_size must be at least 1, got {self.split_size}")
+            elif ctx.resolution and any(r % self.split_size for r in ctx.resolution):
+                where = f" of stage {ctx.stage}" if ctx.stage is not None else ""
+                errors.append(f"split_size={self.split_size} does not divide the {ctx.resolution[0]}x{ctx.resolution[1]} "
+                              f"map{where}: stripes need a map size that is a multiple of {self.split_size}")
+        if self.lepe_kernel_size % 2 == 0:
+            errors.append(f"lepe_kernel_size must be odd to keep the stripe size, got {self.lepe_kernel_size}")
+        return errors
+
+    def build(self, ctx: Context) -> nn.Module:
+        num_heads, head_dim = self.heads(ctx.dim)
+        return CSWinAttention(ctx.dim, num_heads=num_heads, head_dim=head_dim, split_size=self.split_size,
+                              qkv_bias=self.qkv_bias, proj_bias=self.proj_bias, lepe_kernel_size=self.lepe_kernel_size,
+                              attn_drop=self.attn_drop, proj_drop=self.proj_drop)
+
+
+def stripes(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, H, W, C) -> (B * H/sh * W/sw, sh*sw, C): the map cut into (sh, sw) windows, each read row-major."""
+    return rearrange(x, "b (nh sh) (nw sw) c -> (b nh nw) (sh sw) c", sh=size[0], sw=size[1])
+
+
+@register("token_mixer", "cswin_attention", config=CSWinAttentionConfig)
+class CSWinAttention(nn.Module):
+    """Half the heads attend inside vertical stripes (full height, ``split_size`` wide), half inside horizontal
+    ones; a depthwise conv of V inside each stripe (LePE) is added to the attention output (CSWin, Dong et al. 2022)."""
+
+    def __init__(self, dim: int, *, num_heads: int, head_dim: int, split_size: int | None = 7, qkv_bias: bool = True,
+                 proj_bias: bool = True, lepe_kernel_size: int = 3, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.split_size, self.attn_drop = split_size, attn_drop
+        self.branches = 1 if split_size is None else 2
+        self.heads_per_branch = num_heads // self.branches
+        inner = num_heads * head_dim
+        width = inner // self.branches  # channels of q, k and v in one branch
+        self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
+        self.get_v = nn.ModuleList(nn.Conv2d(width, width, lepe_kernel_size, padding=lepe_kernel_size // 2, groups=width)
+                                   for _ in range(self.branches))
+        self.proj = nn.Linear(inner, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def stripe_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """The (sh, sw) window of each branch: vertical stripes, then horizontal ones (or the whole map)."""
+        if self.split_size is None:
+            return [(height, width)]
+        return [(height, self.split_size), (self.split_size, width)]
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
+        batch, height, width = x.shape[:3]
+        qkv = rearrange(self.qkv(x), "b h w (three g c) -> g three b h w c", three=3, g=self.branches)
+        outs = []
+        for (q, k, v), size, lepe_conv in zip(qkv, self.stripe_sizes(height, width), self.get_v):
+            q, k, v = (rearrange(stripes(t, size), "n l (h d) -> n h l d", h=self.heads_per_branch) for t in (q, k, v))
+            # LePE: a depthwise conv of V inside each stripe (zero-padded at the stripe's border)
+            lepe = lepe_conv(rearrange(v, "n h (sh sw) d -> n (h d) sh sw", sh=size[0]))  # (n, c, sh, sw)
+            lepe = rearrange(lepe, "n (h d) sh sw -> n h (sh sw) d", h=self.heads_per_branch)
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0) + lepe
+            outs.append(rearrange(out, "(b nh nw) h (sh sw) d -> b (nh sh) (nw sw) (h d)", b=batch,
+                                  nh=height // size[0], sh=size[0], sw=size[1]))  # (B, H, W, C / branches)
+        return self.proj_drop(self.proj(torch.cat(outs, dim=-1)))
+
+    def extra_repr(self) -> str:
+        return f"split_size={self.split_size}, heads_per_branch={self.heads_per_branch}"
