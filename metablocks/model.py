@@ -28,10 +28,10 @@ def check_recipe(recipe: Recipe, img_size: tuple[int, int] | None = None) -> Non
     """Check every component against the dims and map sizes it will see; raise RecipeError listing all problems."""
     raw = recipe._raw
     resolution = img_size or recipe.img_size
-    stem_ctx = Context(recipe.in_chans, out_dim=recipe.stages[0].dim, resolution=resolution)
+    dim = stem_channels(recipe)
+    stem_ctx = Context(recipe.in_chans, out_dim=dim, resolution=resolution)
     problems = component_problems(recipe.stem, stem_ctx, ("stem",), raw)
     resolution = recipe.stem.out_resolution(resolution)
-    dim = recipe.stages[0].dim
     for i, stage in enumerate(recipe.stages):
         if stage.downsample is not None:
             ctx = Context(dim, out_dim=stage.dim, resolution=resolution, stage=i)
@@ -55,6 +55,11 @@ def check_recipe(recipe: Recipe, img_size: tuple[int, int] | None = None) -> Non
     unique = list(dict.fromkeys(problems))
     if unique:
         raise RecipeError(unique)
+
+
+def stem_channels(recipe: Recipe) -> int:
+    """Channels out of the stem: the first stage's width, unless the stem fixes its own (ResNet: 64 into a 256-wide stage)."""
+    return recipe.stem.out_dim(recipe.stages[0].dim)
 
 
 class Stage(nn.Module):
@@ -98,7 +103,7 @@ class MetaModel(nn.Module):
         super().__init__()
         self.recipe = recipe
         self.num_classes = recipe.num_classes
-        first = recipe.stages[0].dim
+        first = stem_channels(recipe)
         self.stem = recipe.stem.build(Context(recipe.in_chans, out_dim=first, resolution=recipe.img_size))
         resolution = recipe.stem.out_resolution(recipe.img_size)
         depths = [stage.depth for stage in recipe.stages]

@@ -62,7 +62,8 @@ class Component(BaseModel):
         return []
 
     def out_dim(self, dim: int) -> int:
-        """Channels out of the module for ``dim`` channels in (stems and downsamplers change it)."""
+        """Channels out of the module when ``dim`` are asked for (a stem is asked for the first stage's width; one that
+        fixes its own, like ResNet's 64-channel stem, returns that instead)."""
         return dim
 
     def out_resolution(self, resolution: tuple[int, int]) -> tuple[int, int]:
@@ -229,9 +230,16 @@ class Ref:
 
     def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
         choices = {cfg.name: cfg.__pydantic_core_schema__ for cfg in configs(self.kind)}
-        union = core_schema.tagged_union_schema(choices, discriminator="type")  # type: ignore[arg-type]
+        union = handler(core_schema.tagged_union_schema(choices, discriminator="type"))  # type: ignore[arg-type]
+        for cfg in configs(self.kind):  # each choice: ``type`` is required here, titled and described as the component
+            entry = handler.resolve_ref_schema({"$ref": union["discriminator"]["mapping"][cfg.name]})
+            entry["title"] = f"{cfg.name} ({self.kind})"
+            entry["required"] = ["type", *(name for name in entry.get("required", []) if name != "type")]
+            doc = cfg.module.__doc__ or cfg.__doc__
+            if doc:
+                entry["description"] = inspect.cleandoc(doc)
         shorthand = {"type": "string", "enum": list(choices), "description": f"a {self.kind} by name, all defaults"}
-        return {"anyOf": [shorthand, handler(union)]}
+        return {"anyOf": [shorthand, union]}
 
 
 def did_you_mean(given: str, allowed: list[str]) -> str:

@@ -11,7 +11,8 @@ import json
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, WrapSerializer, field_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, WrapSerializer,
+                      field_validator)
 
 from metablocks.blocks import BlockConfig
 from metablocks.registry import Component, Ref
@@ -26,8 +27,16 @@ def _unwrap_single(value: Any, handler: Any) -> Any:
     return out[0] if len(out) == 1 else out
 
 
+class _OneOrList:
+    """JSON Schema of a Cycle: one value or a list of them (the validator wraps a single value in a list)."""
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        listed = handler(schema)
+        return {"anyOf": [listed["items"], listed]}
+
+
 T = TypeVar("T")
-Cycle = Annotated[list[T], BeforeValidator(_as_list), WrapSerializer(_unwrap_single), Field(min_length=1)]
+Cycle = Annotated[list[T], BeforeValidator(_as_list), WrapSerializer(_unwrap_single), Field(min_length=1), _OneOrList()]
 """One value for every block of a stage, or a list that the blocks cycle through (Swin: [window, shifted])."""
 
 

@@ -1,0 +1,128 @@
+"""``metablocks info RECIPE``: per-stage table of depth, width, token mixers, output shape, parameters and MACs."""
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+from metablocks.recipe import Recipe, load_recipe
+from metablocks.registry import Component
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("info", help="parameters and MACs per stage of a recipe",
+                                   description="Build a recipe and print, per stage, its depth, width, token mixer(s), "
+                                               "output shape, parameters and MACs (fvcore with attention/einsum "
+                                               "handles; see metablocks.analysis), then the totals and the paper's numbers.")
+    parser.add_argument("recipe", metavar="FILE|NAME", help="a recipe file or a shipped recipe name")
+    parser.add_argument("--input", metavar="CxHxW", type=parse_input, default=None,
+                        help="input size, e.g. 3x224x224 or 384x384 or 384 (default: the recipe's in_chans x img_size)")
+    parser.add_argument("--resolved", action="store_true",
+                        help="print the canonical resolved recipe (YAML) with its content hash, and exit")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                        help="dotted override, e.g. --set stages[2].token_mixer.type=attention (repeatable)")
+    parser.set_defaults(func=run)
+
+
+def parse_input(text: str) -> tuple[int | None, int, int]:
+    """``3x224x224`` -> (3, 224, 224); ``224x160`` -> (None, 224, 160); ``224`` -> (None, 224, 224)."""
+    if not re.fullmatch(r"\d+(x\d+){0,2}", text.strip()):
+        raise argparse.ArgumentTypeError(f"expected CxHxW, HxW or a size, e.g. 3x224x224; given {text!r}")
+    sizes = [int(s) for s in text.strip().split("x")]
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive, given {text!r}")
+    if len(sizes) == 1:
+        return None, sizes[0], sizes[0]
+    if len(sizes) == 2:
+        return None, sizes[0], sizes[1]
+    return sizes[0], sizes[1], sizes[2]
+
+
+def describe(component: Component | None) -> str:
+    """``attention(head_dim=32)``: the component's type and the fields it sets away from their defaults."""
+    if component is None:
+        return "-"
+    defaults = type(component).model_validate({"type": component.name}).dump()
+    changed = []
+    for key, value in component.dump().items():
+        if key != "type" and value != defaults.get(key):
+            value = value.get("type", value) if isinstance(value, dict) else value
+            changed.append(f"{key}={value}")
+    return f"{component.name}({', '.join(changed)})" if changed else component.name
+
+
+def _mixers(cycle: list[Component]) -> str:
+    return " / ".join(describe(c) for c in cycle)
+
+
+def _shape(*sizes: int) -> str:
+    return "x".join(str(s) for s in sizes)
+
+
+def table(rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for row in rows:
+        cells = [cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from metablocks.analysis import count_macs, human, params_by_stage
+    from metablocks.model import MetaModel
+
+    overrides = list(args.overrides)
+    if args.input is not None:
+        chans, height, width = args.input
+        overrides.append(f"img_size=[{height}, {width}]")
+        if chans is not None:
+            overrides.append(f"in_chans={chans}")
+    recipe = load_recipe(args.recipe, overrides or None)
+    if args.resolved:
+        print(f"# {recipe.name}: model_id {recipe.model_id} (content hash of the resolved architecture)")
+        print(recipe.to_yaml(), end="")
+        return 0
+
+    model = MetaModel(recipe)
+    input_size = (recipe.in_chans, *recipe.img_size)
+    macs = count_macs(model, input_size)
+    params = params_by_stage(model)
+    rows = [["stage", "depth", "dim", "token mixer", "output", "params", "MACs"]]
+    resolution = recipe.stem.out_resolution(recipe.img_size)
+    rows.append(["stem", "-", str(recipe.stages[0].dim), f"({recipe.stem.name} stem)",
+                 _shape(recipe.stages[0].dim, *resolution), human(params["stem"]), human(macs.by_stage["stem"])])
+    for i, (stage, module) in enumerate(zip(recipe.stages, model.stages)):
+        name = f"stages.{i}"
+        rows.append([name, str(stage.depth), str(stage.dim), _mixers(stage.token_mixer), _shape(stage.dim, *module.resolution),
+                     human(params[name]), human(macs.by_stage[name])])
+    rows.append(["head", "-", str(model.num_features), f"({recipe.head.name} head)", str(recipe.num_classes),
+                 human(params["head"]), human(macs.by_stage["head"])])
+    total_params = sum(params.values())
+    rows.append(["total", str(sum(s.depth for s in recipe.stages)), "", "", "", human(total_params), human(macs.total)])
+    print(f"{recipe.name}  (model_id {recipe.model_id}, input {_shape(*input_size)})")
+    print(table(rows, right={1, 2, 5, 6}))
+    print(f"total: {human(total_params)} params ({total_params:,}), {human(macs.total)} MACs ({macs.total:,}) "
+          f"at {_shape(*input_size)}")
+    paper = _paper_line(recipe)
+    if paper:
+        print(paper)
+    if macs.skipped_ops:
+        skipped = ", ".join(f"{op.removeprefix('aten::')} x{n}" for op, n in macs.skipped_ops.items())
+        print(f"not counted (elementwise, pooling, reductions): {skipped}")
+    return 0
+
+
+def _paper_line(recipe: Recipe) -> str | None:
+    paper = recipe.paper
+    numbers: list[Any] = []
+    if paper.params_m is not None:
+        numbers.append(f"{paper.params_m:g}M params")
+    if paper.macs_g is not None:
+        numbers.append(f"{paper.macs_g:g}G MACs")
+    if paper.top1 is not None:
+        numbers.append(f"{paper.top1:g}% top-1")
+    if not numbers:
+        return None
+    source = f" ({paper.title})" if paper.title else ""
+    return f"paper: {', '.join(numbers)} at {paper.resolution}x{paper.resolution}{source}"

@@ -1,0 +1,123 @@
+"""``metablocks list [recipes|components] [--kind KIND]``: the shipped recipes and the registered components."""
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from metablocks import registry
+from metablocks.registry import Component, Ref
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("list", help="shipped recipes and registered components",
+                                   description="List the shipped recipes (with the paper's params/MACs and the timm "
+                                               "model they match) and the registered components per kind, with their "
+                                               "fields (name: type = default) and a one-line description.")
+    parser.add_argument("what", nargs="?", choices=("all", "recipes", "components"), default="all")
+    parser.add_argument("--kind", choices=registry.KINDS, help="only components of this kind")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    what = "components" if args.kind and args.what == "all" else args.what
+    if what in ("all", "recipes"):
+        print(recipes_text())
+    if what == "all":
+        print()
+    if what in ("all", "components"):
+        print(components_text([args.kind] if args.kind else list(registry.KINDS)))
+    return 0
+
+
+def recipes_text() -> str:
+    from metablocks.commands.info import table
+    from metablocks.recipe.loader import recipes_dir, shipped_recipes
+
+    rows = [["recipe", "params (M)", "MACs (G)", "top-1", "timm", "file"]]
+    root = recipes_dir()
+    for name, path in sorted(shipped_recipes().items()):
+        data = provenance(path)
+        paper = data.get("paper") or {}
+        rows.append([name, _num(paper.get("params_m")), _num(paper.get("macs_g")), _num(paper.get("top1")),
+                     data.get("timm_name") or "-", str(path.relative_to(root)) if path.is_relative_to(root) else str(path)])
+    return f"recipes ({len(rows) - 1}), numbers from the papers:\n" + table(rows, right={1, 2, 3})
+
+
+def provenance(path: Path) -> dict[str, Any]:
+    """The recipe's merged top-level fields (``extends`` followed, nothing validated), {} if it cannot be read."""
+    from metablocks.recipe import RecipeError
+    from metablocks.recipe.loader import _flatten, load_raw
+
+    try:
+        raw, file = load_raw(path)
+        return dict(_flatten(raw, file, ()))
+    except RecipeError:
+        return {}
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def components_text(kinds: list[str]) -> str:
+    blocks = []
+    for kind in kinds:
+        configs = registry.configs(kind)
+        lines = [f"{kind} ({len(configs)}):"]
+        for cfg in configs:
+            lines.append(f"  {cfg.name}  - {doc_line(cfg)}".rstrip(" -"))
+            for field_name, field in cfg.model_fields.items():
+                if field_name != "type":
+                    lines.append(f"      {field_name}: {field_type(field)}{_default(field)}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def doc_line(cfg: type[Component]) -> str:
+    """The first paragraph of the component module's docstring (else of its config's own docstring), on one line."""
+    module_doc = cfg.module.__dict__.get("__doc__") if isinstance(cfg.module, type) else cfg.module.__doc__
+    bases = [c for c in cfg.__mro__[1:] if isinstance(c, type) and issubclass(c, Component)]
+    config_doc = next((c.__dict__.get("__doc__") for c in bases if c.__dict__.get("__doc__")), None)
+    if config_doc == Component.__doc__:
+        config_doc = None
+    paragraph = (module_doc or config_doc or "").strip().split("\n\n")[0]
+    return " ".join(line.strip() for line in paragraph.splitlines())
+
+
+def field_type(field: FieldInfo) -> str:
+    for meta in field.metadata:
+        if isinstance(meta, Ref):
+            return meta.kind
+    return type_name(field.annotation)
+
+
+def type_name(annotation: Any) -> str:
+    """A short, readable type: ``int | None``, ``act``, ``list[token_mixer]``, ``'avg' | 'max'``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        ref = next((m for m in annotation.__metadata__ if isinstance(m, Ref)), None)
+        return ref.kind if ref else type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is not None:
+        inner = ", ".join(type_name(a) for a in args)
+        return f"{getattr(origin, '__name__', str(origin))}[{inner}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
+
+
+def _default(field: FieldInfo) -> str:
+    if field.default_factory is not None:
+        return f" = {field.default_factory()!r}"  # type: ignore[call-arg]
+    if field.default is PydanticUndefined:
+        return ""
+    return f" = {field.default!r}"
