@@ -1,0 +1,39 @@
+"""timm ResNet (``resnet*``) -> metablocks keys.
+
+timm's stem is flat (``conv1``, ``bn1``), its stages are ``layer1..4`` of blocks ``0..n-1`` with the projection in
+``layer{i}.0.downsample`` (0 conv, 1 BN), and the classifier is ``fc``. Our stage ``i - 1`` starts with the residual
+downsample (timm's block 0: its convs under ``token_mixer``, the projection under ``shortcut``), then ``blocks.j - 1``.
+"""
+from __future__ import annotations
+
+import re
+
+from torch import Tensor
+
+from metablocks.interop.timm import register_converter
+
+_BLOCK = re.compile(r"^layer(\d+)\.(\d+)\.(.*)$")
+_SHORTCUT = {"downsample.0.": "shortcut.conv.", "downsample.1.": "shortcut.norm."}
+
+
+def resnet_key(key: str) -> str:
+    """One timm ResNet key -> ours (``layer2.0.downsample.1.weight`` -> ``stages.1.downsample.shortcut.norm.weight``)."""
+    if key.startswith(("conv1.", "bn1.")):
+        return f"stem.{key}"
+    if key.startswith("fc."):
+        return f"head.{key}"
+    match = _BLOCK.match(key)
+    if match is None:
+        return key
+    stage, block, rest = int(match[1]) - 1, int(match[2]), match[3]
+    if block == 0:
+        for theirs, ours in _SHORTCUT.items():
+            if rest.startswith(theirs):
+                return f"stages.{stage}.downsample.{ours}{rest[len(theirs):]}"
+        return f"stages.{stage}.downsample.token_mixer.{rest}"
+    return f"stages.{stage}.blocks.{block - 1}.token_mixer.{rest}"
+
+
+@register_converter("resnet")
+def convert_resnet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {resnet_key(key): value for key, value in state_dict.items()}

@@ -1,0 +1,128 @@
+"""ResNet-50/101 as recipes: equal to timm (params, strict weight loading, logits), timm's output-stride-8 dilation
+placement, the bottleneck/residual-downsample/stem components and their errors."""
+import pytest
+import torch
+
+import metablocks
+from metablocks.components.resnet_stem import maxpool_out
+from metablocks.interop.families.resnet import resnet_key
+from metablocks.interop.timm import load_timm_state_dict
+from metablocks.recipe.errors import RecipeError
+
+timm = pytest.importorskip("timm")
+
+PARAMS = {"resnet50": 25_557_032, "resnet101": 44_549_160}  # timm's counts, which ours must equal
+# timm's output_stride=8: stage 3 and 4 unstrided; each stage's first 3x3 keeps the previous dilation (1, then 2)
+OS8 = {"stages[2].downsample": {"type": "residual", "stride": 1},
+       "stages[2].token_mixer.dilation": 2,
+       "stages[3].downsample": {"type": "residual", "stride": 1, "token_mixer": {"type": "bottleneck", "dilation": 2}},
+       "stages[3].token_mixer.dilation": 4}
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def randomize_batchnorm(model: torch.nn.Module) -> None:
+    """timm zero-inits each block's last BN scale (every branch would add 0): give every BN real values first."""
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                n = module.num_features
+                module.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                module.bias.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+                module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+
+
+def equal_logits(ours: torch.nn.Module, theirs: torch.nn.Module, size: int) -> float:
+    randomize_batchnorm(theirs)
+    load_timm_state_dict(ours, theirs.state_dict())
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return (ours.eval()(x) - theirs.eval()(x)).abs().max().item()
+
+
+@pytest.mark.parametrize("name", ["resnet50", pytest.param("resnet101", marks=pytest.mark.slow)])
+def test_equal_to_timm(name: str) -> None:
+    ours, theirs = metablocks.create_model(name), timm.create_model(name)
+    assert ours.recipe.timm_name == name
+    assert n_params(ours) == n_params(theirs) == PARAMS[name]
+    assert equal_logits(ours, theirs, 224) <= 1e-4
+
+
+def test_param_counts_and_layout() -> None:
+    model = metablocks.create_model("resnet101")
+    assert n_params(model) == PARAMS["resnet101"]
+    # the paper's [3, 4, 23, 3] blocks: one residual downsample + depth plain blocks per stage
+    assert [1 + len(stage.blocks) for stage in model.stages] == [3, 4, 23, 3]
+    assert [info["reduction"] for info in model.feature_info] == [4, 8, 16, 32]
+    assert model.stem.conv1.out_channels == 64 and model.stages[0].downsample.token_mixer.conv1.in_channels == 64
+
+
+def test_output_stride_8_equals_timm() -> None:
+    ours = metablocks.build_model("resnet50", overrides=OS8)
+    theirs = timm.create_model("resnet50", output_stride=8)
+    dilations = [(s.downsample.token_mixer.conv2.dilation[0], s.blocks[0].token_mixer.conv2.dilation[0]) for s in ours.stages]
+    assert dilations == [(1, 1), (1, 1), (1, 2), (2, 4)]  # timm: the first block of a stage keeps the previous dilation
+    assert [info["reduction"] for info in ours.feature_info] == [4, 8, 8, 8]
+    assert equal_logits(ours, theirs, 64) <= 1e-4
+    with torch.no_grad():
+        assert ours.forward_features(torch.zeros(1, 3, 64, 64)).shape == (1, 2048, 8, 8)
+
+
+@pytest.mark.parametrize("size", [224, 160])
+def test_forward_backward(size: int) -> None:
+    model = metablocks.create_model("resnet50", img_size=size)
+    x = torch.randn(2, 3, size, size)
+    out = model(x)
+    assert out.shape == (2, 1000)
+    out.sum().backward()
+    assert model.stem.conv1.weight.grad is not None and model.head.fc.weight.grad.abs().sum() > 0
+
+
+def test_blocks_start_as_identity_plus_relu() -> None:
+    """zero_init_last (timm's default): every bottleneck's last BN scale is 0, so a block is relu(x) at init."""
+    model = metablocks.create_model("resnet50").eval()
+    block = model.stages[1].blocks[0]
+    assert torch.all(block.token_mixer.bn3.weight == 0)
+    x = torch.randn(1, 512, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(block(x), torch.relu(x))
+
+
+@pytest.mark.parametrize("size", [1, 2, 7, 8, 112, 129, 256, 385])
+def test_maxpool_output_size_matches_torch(size: int) -> None:
+    for ceil_mode in (False, True):
+        pool = torch.nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=ceil_mode)
+        assert maxpool_out(size, ceil_mode) == pool(torch.zeros(1, 1, size, size)).shape[-1]
+
+
+def test_timm_key_mapping() -> None:
+    assert resnet_key("conv1.weight") == "stem.conv1.weight"
+    assert resnet_key("bn1.running_var") == "stem.bn1.running_var"
+    assert resnet_key("layer1.0.conv2.weight") == "stages.0.downsample.token_mixer.conv2.weight"
+    assert resnet_key("layer2.0.downsample.0.weight") == "stages.1.downsample.shortcut.conv.weight"
+    assert resnet_key("layer2.0.downsample.1.bias") == "stages.1.downsample.shortcut.norm.bias"
+    assert resnet_key("layer4.2.bn3.weight") == "stages.3.blocks.1.token_mixer.bn3.weight"
+    assert resnet_key("fc.bias") == "head.fc.bias"
+
+
+def test_residual_downsample_needs_a_strided_branch() -> None:
+    with pytest.raises(RecipeError) as err:
+        metablocks.load_recipe("resnet50", {"stages[1].downsample": {"type": "residual", "token_mixer": "pooling"}})
+    assert "token_mixer 'pooling' cannot be the branch of a residual downsample" in str(err.value)
+
+
+def test_bottleneck_groups_must_divide_the_width() -> None:
+    with pytest.raises(RecipeError) as err:
+        metablocks.load_recipe("resnet50", {"stages[0].token_mixer.groups": 5})
+    assert "groups=5 does not divide the bottleneck width 64" in str(err.value)
+
+
+def test_stem_sets_its_own_width() -> None:
+    """The ResNet stem gives 64 channels into a 256-wide first stage; a first stage without a downsample is an error."""
+    with pytest.raises(RecipeError) as err:
+        metablocks.load_recipe("resnet50", {"stages[0].downsample": None})
+    assert "stage 0 changes the width from 64 to 256 but has no downsample" in str(err.value)
