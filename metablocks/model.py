@@ -9,7 +9,7 @@ reset_classifier, set_grad_checkpointing, feature_info.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,9 @@ from metablocks.recipe.loader import load_recipe
 from metablocks.recipe.schema import Recipe, StageConfig
 from metablocks.recipe.yaml_io import where_of
 from metablocks.registry import Component, Context, Layout
+
+if TYPE_CHECKING:
+    from metablocks.features import FeatureExtractor
 
 
 def check_recipe(recipe: Recipe, img_size: tuple[int, int] | None = None) -> None:
@@ -156,6 +159,14 @@ class MetaModel(nn.Module):
         self.head.fc.apply(_init_weights)
         self.recipe = self.recipe.model_copy(update={"num_classes": num_classes})
 
+    _deploy_root = True  # metablocks.deploy folds this model's parts; it does not call our reparameterize()
+
+    def reparameterize(self) -> MetaModel:
+        """Deploy mode, in place: fold BatchNorms, parallel branches and layer scales into single layers (eval mode)."""
+        from metablocks.deploy import deploy
+
+        return deploy(self)  # type: ignore[return-value]
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
             stage.grad_checkpointing = enable
@@ -252,6 +263,16 @@ def _yaml(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def create_model(name: str, **fields: Any) -> MetaModel:
-    """Build a shipped recipe by name (``create_model("caformer_s18", num_classes=10)``)."""
-    return build_model(name, **fields)
+def create_model(name: str, *, features_only: bool = False, out_indices: Iterable[int] | None = None,
+                 **fields: Any) -> MetaModel | FeatureExtractor:
+    """Build a shipped recipe by name (``create_model("caformer_s18", num_classes=10)``).
+
+    ``features_only=True`` returns a FeatureExtractor (metablocks/features.py): no head, forward gives the
+    stage outputs in ``out_indices`` (all stages by default), as timm's ``features_only``.
+    """
+    model = build_model(name, **fields)
+    if not features_only:
+        return model
+    from metablocks.features import FeatureExtractor
+
+    return FeatureExtractor(model, out_indices)
