@@ -34,7 +34,7 @@ class MlpClassifierHead(nn.Module):
     def __init__(self, dim: int, num_classes: int, *, pool: str = "avg", ratio: float = 3.0, act: Component,
                  norm: Component | None, drop_rate: float = 0.0, bias: bool = True) -> None:
         super().__init__()
-        self.pool, self.bias = pool, bias
+        self.pool, self.use_bias = pool, bias
         self.num_features = int(ratio * dim)
         self.fc1 = nn.Linear(dim, self.num_features, bias=bias)
         self.act = act.build()
@@ -44,7 +44,7 @@ class MlpClassifierHead(nn.Module):
 
     def reset(self, num_classes: int) -> None:
         """A fresh classifier for ``num_classes`` (0: the hidden features out); the hidden layer is kept."""
-        self.fc = nn.Linear(self.num_features, num_classes, bias=self.bias) if num_classes > 0 else nn.Identity()
+        self.fc = nn.Linear(self.num_features, num_classes, bias=self.use_bias) if num_classes > 0 else nn.Identity()
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:  # (B, C, H, W)
         x = x.mean((2, 3)) if self.pool == "avg" else x.amax((2, 3))  # (B, C)
