@@ -159,14 +159,6 @@ class MetaModel(nn.Module):
         self.head.fc.apply(_init_weights)
         self.recipe = self.recipe.model_copy(update={"num_classes": num_classes})
 
-    _deploy_root = True  # metablocks.deploy folds this model's parts; it does not call our reparameterize()
-
-    def reparameterize(self) -> MetaModel:
-        """Deploy mode, in place: fold BatchNorms, parallel branches and layer scales into single layers (eval mode)."""
-        from metablocks.deploy import deploy
-
-        return deploy(self)  # type: ignore[return-value]
-
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:
             stage.grad_checkpointing = enable
