@@ -1,0 +1,109 @@
+"""A stack of conv -> norm -> act layers as a stem or a downsampler: deep convolutional stems and transitions
+(e.g. RepLKNet, Ding et al., "Scaling Up Your Kernels to 31x31", CVPR 2022; UniRepLKNet, Ding et al., CVPR 2024)."""
+from __future__ import annotations
+
+from typing import Annotated
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from metablocks.components.conv_arith import conv_out
+from metablocks.components.reparam import fold_bn_into_conv
+from metablocks.registry import Component, Context, Ref, register
+
+
+class ConvLayer(BaseModel):
+    """One conv -> norm -> act layer of a stack; its width is a fraction of the stack's output channels."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kernel_size: int = Field(3, ge=1)
+    stride: int = Field(1, ge=1)
+    padding: int | None = None  # None: kernel_size // 2
+    width: float = Field(1.0, gt=0)  # output channels = int(width * out_dim)
+    depthwise: bool = False  # one filter per channel (needs as many channels in as out)
+    bias: bool = True
+    norm: Annotated[Component, Ref("norm")] | None = None
+    act: Annotated[Component, Ref("act")] | None = None
+
+    @property
+    def pad(self) -> int:
+        return self.kernel_size // 2 if self.padding is None else self.padding
+
+
+class ConvStackConfig(Component):
+    layout = "channels_first"
+    layers: list[ConvLayer] = Field(min_length=1)
+
+    def out_resolution(self, resolution: tuple[int, int]) -> tuple[int, int]:
+        for layer in self.layers:
+            resolution = conv_out(resolution, layer.kernel_size, layer.stride, layer.pad)
+        return resolution
+
+    def widths(self, out_dim: int) -> list[int]:
+        """Channels out of each layer."""
+        return [int(layer.width * out_dim) for layer in self.layers]
+
+    def check(self, ctx: Context) -> list[str]:
+        errors = []
+        out_dim = ctx.out_dim if ctx.out_dim is not None else ctx.dim
+        widths = self.widths(out_dim)
+        if widths[-1] != out_dim:
+            errors.append(f"the last layer must give the {out_dim} channels the next stage needs, "
+                          f"got width {self.layers[-1].width} -> {widths[-1]}")
+        for i, (layer, in_dim, width) in enumerate(zip(self.layers, [ctx.dim, *widths], widths)):
+            if width < 1:
+                errors.append(f"layers[{i}]: width {layer.width} leaves no channels")
+            if layer.depthwise and in_dim != width:
+                errors.append(f"layers[{i}] is depthwise, so it needs as many channels out as in ({in_dim}), got {width}")
+        if ctx.resolution and min(self.out_resolution(ctx.resolution)) < 1:
+            errors.append(f"a {ctx.resolution[0]}x{ctx.resolution[1]} input is too small for this stack of convolutions")
+        return errors
+
+    def build(self, ctx: Context) -> nn.Module:
+        out_dim = ctx.out_dim if ctx.out_dim is not None else ctx.dim
+        return self.module(ctx.dim, out_dim, layers=self.layers)
+
+
+class ConvNormAct(nn.Module):
+    """conv -> norm -> act, each optional but the conv."""
+
+    def __init__(self, in_dim: int, out_dim: int, layer: ConvLayer) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_dim, out_dim, layer.kernel_size, stride=layer.stride, padding=layer.pad,
+                              groups=in_dim if layer.depthwise else 1, bias=layer.bias)
+        self.norm = layer.norm.build(Context(out_dim, layout="channels_first")) if layer.norm else nn.Identity()
+        self.act = layer.act.build() if layer.act else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.norm(self.conv(x)))
+
+    @torch.no_grad()
+    def reparameterize(self) -> None:
+        """Fold a BatchNorm into the conv (eval-mode equivalent); other norms stay."""
+        if isinstance(self.norm, nn.BatchNorm2d):
+            self.conv = fold_bn_into_conv(self.conv, self.norm)
+            self.norm = nn.Identity()
+
+
+class ConvStack(nn.Module):
+    """conv-norm-act layers in sequence, (B, C_in, H, W) -> (B, C_out, H / prod(strides), W / prod(strides))."""
+
+    def __init__(self, in_dim: int, out_dim: int, *, layers: list[ConvLayer]) -> None:
+        super().__init__()
+        widths = [int(layer.width * out_dim) for layer in layers]
+        self.layers = nn.Sequential(*(ConvNormAct(i, o, layer) for i, o, layer in zip([in_dim, *widths], widths, layers)))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
+        return self.layers(x)
+
+
+@register("stem", "conv_stack", config=ConvStackConfig)
+class ConvStackStem(ConvStack):
+    """A stem of conv-norm-act layers (UniRepLKNet's two stride-2 3x3 convs, RepLKNet's four-conv stem)."""
+
+
+@register("downsample", "conv_stack", config=ConvStackConfig)
+class ConvStackDownsample(ConvStack):
+    """A downsampler of conv-norm-act layers (RepLKNet's 1x1 conv then stride-2 depthwise 3x3 transition)."""
