@@ -150,3 +150,11 @@ def test_convformer_s18_macs() -> None:
     assert "scaled_dot_product_attention" not in report.by_operator
     assert math.floor(report.gmacs * 10) / 10 == 3.9 == model.recipe.paper.macs_g
     assert report.total == 3_959_248_640
+
+
+def test_randformer_s12_random_mixing_matmul() -> None:
+    """RandFormer mixes tokens with a frozen (N, N) matrix, ``(N, N) @ (B, N, C)``: N * N * C MACs per block."""
+    model = metablocks.create_model("randformer_s12")
+    report = count_macs(model)
+    assert report.by_operator["matmul"] == 6 * 196 * 196 * 320 + 2 * 49 * 49 * 512  # stages 3 and 4: 6 and 2 blocks
+    assert round(report.gmacs, 1) == 1.9 == model.recipe.paper.macs_g

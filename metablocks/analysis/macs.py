@@ -14,8 +14,8 @@ are ours (papers that say "FLOPs" for these numbers mean MACs too). We add handl
 Like fvcore, and like the papers whose numbers we reproduce, we do NOT count, and report in
 ``MacReport.skipped_ops``: elementwise arithmetic (add, sub, mul, div, pow, square, neg, exp, rsqrt, ...,
 so layer/res scales and residual sums), activations (gelu, relu, silu, sigmoid, tanh, softmax), pooling
-and reductions (avg/max pooling, mean, sum, amax), and FFTs; data movement (permute, reshape, cat, pad)
-costs nothing. fvcore's own conventions stay: a norm is 5 MACs per element (4 without affine
+and reductions (avg/max pooling, mean, sum, amax, linalg_vector_norm as in GRN), and FFTs; data movement
+(permute, reshape, roll, cat, pad) costs nothing. fvcore's own conventions stay: a norm is 5 MACs per element (4 without affine
 parameters; inference BatchNorm 2), adaptive average pooling 1 per input element.
 """
 from __future__ import annotations
