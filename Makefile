@@ -10,7 +10,8 @@ demo: setup
 test: setup
 	.venv/bin/python -m pytest -q
 
-test-all: setup
+test-all:
+	EXTRAS=dev,ray bash scripts/setup.sh
 	.venv/bin/python -m pytest -q -m "slow or not slow"
 
 bench: setup
