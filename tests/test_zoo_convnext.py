@@ -35,6 +35,7 @@ def test_recipe_records_the_paper(name: str) -> None:
     assert recipe.timm_name == name
     assert recipe.paper.title == "A ConvNet for the 2020s"
     assert recipe.paper.params_m is not None and recipe.paper.macs_g is not None
+    assert abs(PARAMS[name] / 1e6 - recipe.paper.params_m) <= 0.5  # the table's rounding
     if name in ("convnext_femto", "convnext_pico", "convnext_nano"):  # timm originals: no published top-1
         assert recipe.paper.top1 is None
     else:

@@ -32,6 +32,7 @@ def test_recipe_records_the_paper(name: str) -> None:
     assert recipe.timm_name == name
     assert recipe.paper.title == "InceptionNeXt: When Inception Meets ConvNeXt"
     assert None not in (recipe.paper.params_m, recipe.paper.macs_g, recipe.paper.top1)
+    assert abs(PARAMS[name] / 1e6 - recipe.paper.params_m) <= 0.5  # the table's rounding
     assert recipe.stages[3].channel_mixer[0].ratio == 3  # the last stage's MLP is 3x, the others 4x
     assert {s.channel_mixer[0].ratio for s in recipe.stages[:3]} == {4}
 

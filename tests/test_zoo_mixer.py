@@ -33,6 +33,8 @@ def test_recipe_reads_like_table_1(name: str, depth: int, dim: int, table_params
     assert (stage.depth, stage.dim) == (depth, dim)
     assert stage.token_mixer[0].hidden(dim) == dim // 2  # D_S
     assert int(stage.channel_mixer[0].ratio * dim) == 4 * dim  # D_C
+    # Table 1 counts the parameters without the classifier: ours less head.fc rounds to the table's number
+    assert round((PARAMS[name] - (dim * 1000 + 1000)) / 1e6) == table_params_m
 
 
 def test_one_stage_of_196_tokens() -> None:
