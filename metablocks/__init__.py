@@ -4,6 +4,7 @@
     model = metablocks.build_model("my_recipe.yaml", overrides={"stages[2].token_mixer.type": "attention"})
 """
 from metablocks.blocks import Block, BlockConfig, MetaFormerBlock, register_block_shape
+from metablocks.deploy import deploy
 from metablocks.model import MetaModel, build_model, check_recipe, create_model
 from metablocks.recipe import Recipe, RecipeError, load_recipe, shipped_recipes
 from metablocks.registry import Component, Context, Ref, register
@@ -26,5 +27,5 @@ def list_components(kind: str | None = None) -> dict[str, list[str]] | list[str]
 
 
 __all__ = ["Block", "BlockConfig", "Component", "Context", "MetaFormerBlock", "MetaModel", "Recipe", "RecipeError", "Ref",
-           "build_model", "check_recipe", "create_model", "list_components", "list_recipes", "load_recipe", "register",
+           "build_model", "check_recipe", "create_model", "deploy", "list_components", "list_recipes", "load_recipe", "register",
            "register_block_shape"]

@@ -110,7 +110,7 @@ class MetaModel(nn.Module):
         self.stem = recipe.stem.build(Context(recipe.in_chans, out_dim=first, resolution=recipe.img_size))
         resolution = recipe.stem.out_resolution(recipe.img_size)
         depths = [stage.depth for stage in recipe.stages]
-        rates = torch.linspace(0, recipe.drop_path_rate, sum(depths)).split(depths)
+        rates = torch.linspace(0, recipe.drop_path_rate, sum(depths), device="cpu").split(depths)  # cpu: also under torch.device("meta")
         stages, dim, self.feature_info = [], first, []
         reduction = recipe.img_size[0] / resolution[0]
         for i, stage in enumerate(recipe.stages):
@@ -158,6 +158,14 @@ class MetaModel(nn.Module):
         self.num_classes = num_classes
         self.head.fc.apply(_init_weights)
         self.recipe = self.recipe.model_copy(update={"num_classes": num_classes})
+
+    _deploy_root = True  # metablocks.deploy folds this model's parts; it does not call our reparameterize()
+
+    def reparameterize(self) -> MetaModel:
+        """Deploy mode, in place: fold BatchNorms, parallel branches and layer scales into single layers (eval mode)."""
+        from metablocks.deploy import deploy
+
+        return deploy(self)  # type: ignore[return-value]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for stage in self.stages:

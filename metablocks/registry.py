@@ -7,6 +7,7 @@ a user's own module, or from an installed package's ``metablocks.components`` en
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, TypeVar
@@ -75,6 +76,7 @@ class Component(BaseModel):
         return self.module(ctx.dim, **self.kwargs(), **extra)
 
 
+@functools.lru_cache(maxsize=None)  # called for every component built; inspect.signature is slow
 def _takes(fn: Callable[..., Any], arg: str) -> bool:
     try:
         return arg in inspect.signature(fn).parameters

@@ -11,9 +11,11 @@ Method (what ``metablocks bench`` and ``benchmarks/vs_timm.py`` report):
 * **Training step**: ``model.train()``, forward, cross-entropy on random labels, backward, ``AdamW.step()`` and
   ``zero_grad(set_to_none=True)``, one step per timing.
 * **Peak memory** (``peak_train_memory``): each model in a fresh subprocess; after building the model, the
-  optimizer and the batch, we read ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the process's resident-set
-  high-water mark), run ``steps`` training steps and read it again: the delta is the peak extra memory a
-  training step needs (activations, gradients, AdamW state, allocator slack). CUDA: torch.cuda.max_memory_allocated.
+  optimizer and the batch, we reset the kernel's resident-set high-water mark (``/proc/self/clear_refs`` <- 5) and
+  read it (``VmHWM`` in ``/proc/self/status``), run ``steps`` training steps and read it again: the delta is the
+  peak extra memory training needs (activations, gradients, AdamW state, allocator slack), the same for every
+  model. (``ru_maxrss`` would be wrong here: Linux carries it over from the parent process.) CUDA:
+  ``torch.cuda.max_memory_allocated`` minus the memory allocated before the steps.
 """
 from __future__ import annotations
 
@@ -152,6 +154,17 @@ def set_grad_checkpointing(model: nn.Module, enable: bool = True) -> None:
 _PEAK_SCRIPT = r"""
 import json, resource, sys, torch
 args = json.loads(sys.argv[1])
+
+def high_water():
+    # VmHWM of this process's own address space (a fresh one after exec), reset to the current RSS by clear_refs 5;
+    # ru_maxrss is not used: Linux carries it over from the parent across fork + exec.
+    with open("/proc/self/status") as f:
+        return 1024 * int(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+
+def reset_high_water():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
 torch.set_num_threads(args["threads"])
 torch.manual_seed(0)
 from metablocks.analysis import bench
@@ -173,13 +186,14 @@ if device.type == "cuda":
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
 else:
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    reset_high_water()
+    before = high_water()
 for _ in range(args["steps"]):
     step()
 if device.type == "cuda":
     torch.cuda.synchronize(); after = torch.cuda.max_memory_allocated()
 else:
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    after = high_water()
 print("PEAK", json.dumps({"peak_bytes": after - before}))
 """
 
@@ -303,7 +317,7 @@ def compare(ours: nn.Module, other: nn.Module | None, *, name: str, against: str
 
 
 def compare_with_timm(spec: str, timm_name: str | None = None, *, memory: bool = True, grad_checkpointing: bool = True,
-                      img_size: int = 224, train_batch: int = 8, **kwargs: Any) -> Report:
+                      img_size: int = 224, train_batch: int = 8, threads: int | None = None, **kwargs: Any) -> Report:
     """Our recipe ``spec`` against timm's ``timm_name`` (default: the recipe's) with the same weights.
 
     Adds peak training memory rows (subprocess per model), and with ``grad_checkpointing`` our peak with
@@ -318,12 +332,11 @@ def compare_with_timm(spec: str, timm_name: str | None = None, *, memory: bool =
                      **kwargs)
     if memory and train_batch:
         device = kwargs.get("device", "cpu")
-        mine = peak_train_memory(spec, batch=train_batch, img_size=img_size, device=device)
-        report.rows.append(Row(f"peak train memory b{train_batch}", mine,
-                               peak_train_memory(timm_name, which="timm", batch=train_batch, img_size=img_size,
-                                                 device=device)))
+        mem = dict(batch=train_batch, img_size=img_size, device=device, threads=threads)
+        mine = peak_train_memory(spec, **mem)
+        report.rows.append(Row(f"peak train memory b{train_batch}", mine, peak_train_memory(timm_name, which="timm", **mem)))
         if grad_checkpointing:
-            ckpt = peak_train_memory(spec, batch=train_batch, img_size=img_size, grad_checkpointing=True, device=device)
+            ckpt = peak_train_memory(spec, grad_checkpointing=True, **mem)
             report.rows.append(Row(f"peak train memory b{train_batch}, grad_checkpointing (vs ours plain)", ckpt, mine))
     return report
 

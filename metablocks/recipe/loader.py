@@ -25,7 +25,7 @@ def recipes_dir() -> Path:
 def shipped_recipes() -> dict[str, Path]:
     """Name -> file of every shipped recipe that is a model (family bases, which have no ``stages``, are left out)."""
     files = sorted(recipes_dir().rglob("*.yaml"))
-    data = {path: yaml.safe_load(path.read_text()) or {} for path in files}
+    data = {path: _parsed(path) for path in files}
     by_name = {path.name: path for path in files}
 
     def has_stages(path: Path, seen: tuple[Path, ...] = ()) -> bool:
@@ -36,6 +36,21 @@ def shipped_recipes() -> dict[str, Path]:
         return base_path is not None and base_path not in seen and has_stages(base_path, (*seen, path))
 
     return {data[path].get("name", path.stem): path for path in files if has_stages(path)}
+
+
+_PARSED: dict[Path, tuple[tuple[int, int], Any]] = {}
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parsed(path: Path) -> Any:
+    """``yaml.safe_load`` of a file, cached until the file changes (size or mtime): listing the shipped recipes
+    parses every file, and ``load_recipe`` lists them, so without the cache a build re-parses them all."""
+    stat = path.stat()
+    key = (stat.st_mtime_ns, stat.st_size)
+    cached = _PARSED.get(path)
+    if cached is None or cached[0] != key:
+        cached = _PARSED[path] = (key, yaml.load(path.read_text(), Loader=_SafeLoader) or {})
+    return cached[1]
 
 
 def _find_extends(name: str, relative_to: Path | None, where: Where) -> Path:

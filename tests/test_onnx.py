@@ -1,0 +1,67 @@
+"""ONNX export runs in onnxruntime with PyTorch's outputs, with a dynamic batch; ``metablocks export``."""
+import pytest
+import torch
+
+import metablocks
+from metablocks.cli import main
+from metablocks.interop.onnx import export_onnx, onnx_diff
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+SIZES = (64, 96, 112, 224)
+
+
+def small_model(name: str) -> tuple[torch.nn.Module, int]:
+    for size in SIZES:
+        try:
+            return metablocks.create_model(name, img_size=size).eval(), size
+        except metablocks.RecipeError:
+            continue
+    raise AssertionError(f"{name} builds at none of {SIZES}")
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_poolformer_both_exporters_dynamic_batch(tmp_path, exporter: str) -> None:
+    model, size = small_model("poolformer_s12")
+    result = export_onnx(model, tmp_path / "m.onnx", exporter=exporter)
+    assert result.exporter == exporter and result.input_shape == (2, 3, size, size)
+    assert result.max_abs_diff is not None and result.max_abs_diff <= 1e-4  # checked on a batch of 3
+    assert onnx_diff(model, tmp_path / "m.onnx", torch.randn(5, 3, size, size)) <= 1e-4
+
+
+def test_attention_recipe_exports(tmp_path) -> None:
+    model, _ = small_model("caformer_s18")
+    result = export_onnx(model, tmp_path / "caformer.onnx", exporter="torchscript")
+    assert result.max_abs_diff <= 1e-4
+
+
+def test_export_cli_deployed(tmp_path, capsys) -> None:
+    out = tmp_path / "convnext.onnx"
+    assert main(["export", "convnext_atto", "--img-size", "64", "--deploy", "--exporter", "torchscript", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "torchscript exporter, input 2x3x64x64, dynamic batch" in printed
+    diff = float(printed.split("max abs difference ")[1].split()[0])
+    assert diff <= 1e-4
+    import onnx
+
+    graph = onnx.load(str(out)).graph
+    assert not any(node.op_type == "BatchNormalization" for node in graph.node)
+    assert graph.input[0].name == "images"
+
+
+def test_mismatch_is_an_error(tmp_path) -> None:
+    """The check is real: a model changed after export no longer matches the file."""
+    model, size = small_model("poolformer_s12")
+    export_onnx(model, tmp_path / "m.onnx", exporter="torchscript")
+    with torch.no_grad():
+        model.head.fc.bias.add_(1.0)
+    assert onnx_diff(model, tmp_path / "m.onnx", torch.randn(1, 3, size, size)) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", metablocks.list_recipes())
+def test_every_recipe_exports(tmp_path, name: str) -> None:
+    model, _ = small_model(name)
+    result = export_onnx(model, tmp_path / f"{name}.onnx")
+    assert result.max_abs_diff <= 1e-4, (name, result)
