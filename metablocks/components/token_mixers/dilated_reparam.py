@@ -4,7 +4,6 @@ and Image Recognition", CVPR 2024)."""
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from metablocks.components.reparam import absorb_into_conv, center_pad, dilate_kernel, fuse_conv_bn
@@ -26,7 +25,7 @@ class DilatedReparamConfig(Component):
     layout = "channels_first"
     kernel_size: int = 13
     # (kernel, dilation) of each parallel branch; None: the paper's choice for ``kernel_size`` (PAPER_BRANCHES)
-    branches: list[tuple[int, int]] | None = Field(default=None)
+    branches: list[tuple[int, int]] | None = None
 
     def check(self, ctx: Context) -> list[str]:
         k = self.kernel_size
