@@ -52,9 +52,8 @@ def test_identityformer_and_randformer_params_match_the_paper(size: str) -> None
     assert frozen(rand) == n_frozen == d2 * 196**2 + d3 * 49**2
     assert round(n_learn / 1e6, 1) == paper_learn == identity.recipe.paper.params_m
     assert round(n_frozen / 1e6, 1) == paper_frozen
-    # the paper's RandFormer total is the sum of the two rounded parts (M48: 73.3 + 0.9 = 74.2; exactly 74.29M)
-    assert rand.recipe.paper.params_m == pytest.approx(paper_learn + paper_frozen)
-    assert abs((n_learn + n_frozen) / 1e6 - rand.recipe.paper.params_m) < 0.1
+    # the paper lists RandFormer's learnable and frozen parameters apart; the recipe holds the learnable part
+    assert rand.recipe.paper.counts == "trainable" and rand.recipe.paper.params_m == paper_learn
     names = [n for n, p in rand.named_parameters() if not p.requires_grad]
     assert len(names) == d2 + d3 and all(n.endswith("token_mixer.random_matrix") for n in names)
 

@@ -90,3 +90,18 @@ def test_whole_zoo(capsys) -> None:
         assert "failed:" not in " ".join(row), row
         if metablocks.load_recipe(name).timm_name:
             assert " ".join(row[6:9]) == "params = timm", row
+
+
+def test_rows_count_what_the_paper_counted() -> None:
+    """Paper.counts: RandFormer lists trainable params, UniRepLKNet the deployed model, MLP-Mixer the backbone."""
+    from metablocks.commands.zoo import measure
+
+    rand = measure("randformer_s12", with_timm=False)
+    assert (rand.counts, rand.params, rand.timm_params, rand.ok) == ("trainable", 11_891_712, 11_891_712 + 235_298, True)
+    uni = measure("unireplknet_a", with_timm=False)
+    assert uni.counts == "deployed" and uni.params < uni.timm_params == 4_649_060 and round(uni.params / 1e6, 1) == 4.4
+    assert uni.ok  # 0.643 GMACs against the paper's printed 0.6
+    mixer = measure("mixer_s16_224", with_timm=False)
+    assert (mixer.counts, mixer.params, mixer.ok) == ("backbone", 18_528_264 - (512 * 1000 + 1000), True)
+    cswin = measure("cswin_t", with_timm=False)
+    assert cswin.problems == ["params"] and cswin.note == "the official code's structure has 22.3M"

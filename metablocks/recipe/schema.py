@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, WrapSerializer,
@@ -51,6 +51,11 @@ class Paper(BaseModel):
     macs_g: float | None = None  # GMACs at ``resolution``, as in the paper's table
     top1: float | None = None  # ImageNet-1k top-1 (%)
     resolution: int = 224
+    # what the paper's params/MACs count: the whole model ("all"), trainable parameters only ("trainable": RandFormer's
+    # table lists its frozen matrices apart), the re-parameterized inference model ("deployed": RepLKNet,
+    # UniRepLKNet), or the model without its classifier ("backbone": MLP-Mixer's Table 1)
+    counts: Literal["all", "trainable", "deployed", "backbone"] = "all"
+    note: str | None = None  # a known, explained difference between the paper's table and the official code
 
 
 class StageConfig(BlockConfig):
