@@ -23,7 +23,7 @@ def test_every_metaformer_size_is_shipped_with_provenance() -> None:
             assert name in metablocks.list_recipes()
             raw = yaml.safe_load(shipped[name].read_text())
             assert raw["extends"] == f"{family}.yaml"  # sizes extend the family base
-            assert set(raw["paper"]) == {"params_m", "macs_g", "top1"}
+            assert {"params_m", "macs_g", "top1"} <= set(raw["paper"])
     assert "caformer" not in shipped  # bases are not models
 
 
