@@ -1,11 +1,11 @@
 """Structural re-parameterization helpers (Ding et al., "RepVGG: Making VGG-style ConvNets Great Again", CVPR 2021).
 
 A re-parameterizable module trains with extra branches and BatchNorms and has a ``reparameterize()`` method that
-folds them into fewer, plain layers computing the same function in eval mode. ``reparameterize_model`` calls it
+folds them into fewer, plain layers computing the same function in eval mode. ``metablocks.deploy`` calls it
 on every module of a model that has one: the deploy switch for RepLKNet, UniRepLKNet and friends.
 
 A module whose output comes straight out of a conv may also have ``absorb_affine(scale, shift)``: it then takes in
-a per-channel ``y * scale + shift`` applied to its output. ``reparameterize_model`` uses it inside each block to
+a per-channel ``y * scale + shift`` applied to its output. ``metablocks.deploy`` uses it inside each block to
 fold a BatchNorm that follows such a module, and the branch's layer scale, into it (UniRepLKNet's deploy form).
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metablocks.blocks import Block, LayerScale
 
 
 def fuse_conv_bn(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
@@ -58,39 +57,6 @@ def absorb_into_conv(conv: nn.Conv2d, scale: Tensor, shift: Tensor | None) -> nn
     fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
     fused.bias.copy_(bias if shift is None else bias + shift)  # type: ignore[union-attr]
     return fused
-
-
-@torch.no_grad()
-def reparameterize_model(model: nn.Module) -> nn.Module:
-    """The deploy switch: ``reparameterize()`` every module that has one, then fold within blocks; returns the model.
-
-    Within each block branch, a BatchNorm right after a module with ``absorb_affine`` and the branch's layer scale
-    (when the branch ends in such a module) are folded into it and replaced by identities. The fused model computes
-    the same function as the trained one in eval mode (BatchNorm running statistics folded in), so compare outputs
-    after ``model.eval()``. Calling it twice is harmless.
-    """
-    targets = [m for m in model.modules() if m is not model and callable(getattr(m, "reparameterize", None))]
-    for module in targets:  # collected first: reparameterizing replaces submodules
-        module.reparameterize()
-    for block in [m for m in model.modules() if isinstance(m, Block)]:
-        _fold_block(block)
-    return model
-
-
-def _fold_block(block: Block) -> None:
-    """Fold BatchNorms and layer scales of ``block``'s branches into the modules before them that can absorb them."""
-    modules = block._modules
-    for branch in block._branches:  # the block's own record of each branch: (module name, permute before it) steps
-        for (before, _), (name, perm) in zip(branch.steps, branch.steps[1:]):
-            absorb = getattr(modules[before], "absorb_affine", None)
-            if perm is None and callable(absorb) and isinstance(modules[name], nn.BatchNorm2d):
-                absorb(*bn_affine(modules[name]))
-                setattr(block, name, nn.Identity())
-        absorb = getattr(modules[branch.steps[-1][0]], "absorb_affine", None)
-        scale = modules[branch.layer_scale] if branch.layer_scale else None
-        if isinstance(scale, LayerScale) and branch.out_perm is None and callable(absorb):
-            absorb(scale.scale, None)
-            setattr(block, branch.layer_scale, nn.Identity())
 
 
 class ConvBN(nn.Module):
