@@ -9,15 +9,11 @@ from torch import Tensor, nn
 from metablocks.registry import Component, Context, register
 
 
-class AttentionConfig(Component):
-    layout = "channels_last"
+class MultiHeadConfig(Component):
+    """Head fields shared by every attention mixer: give head_dim, num_heads, or both (default head_dim 32)."""
+
     head_dim: int | None = None  # default 32 when num_heads is not given either
     num_heads: int | None = None
-    qkv_bias: bool = False
-    proj_bias: bool = False
-    attn_drop: float = 0.0
-    proj_drop: float = 0.0
-    sr_ratio: int = 1  # >1: keys/values from a sr_ratio-strided conv of the map, then LayerNorm
 
     def heads(self, dim: int) -> tuple[int, int]:
         """(num_heads, head_dim) for ``dim`` channels."""
@@ -27,6 +23,15 @@ class AttentionConfig(Component):
             return self.num_heads, dim // self.num_heads
         head_dim = self.head_dim or 32
         return max(dim // head_dim, 1), head_dim
+
+
+class AttentionConfig(MultiHeadConfig):
+    layout = "channels_last"
+    qkv_bias: bool = False
+    proj_bias: bool = False
+    attn_drop: float = 0.0
+    proj_drop: float = 0.0
+    sr_ratio: int = 1  # >1: keys/values from a sr_ratio-strided conv of the map, then LayerNorm
 
     def check(self, ctx: Context) -> list[str]:
         errors = []

@@ -7,28 +7,18 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from metablocks.registry import Component, Context, register
+from metablocks.components.token_mixers.attention import MultiHeadConfig
+from metablocks.registry import Context, register
 
 
-class CSWinAttentionConfig(Component):
+class CSWinAttentionConfig(MultiHeadConfig):
     layout = "channels_last"
     split_size: int | None = 7  # stripe width; None: every head attends over the whole map (CSWin's last stage)
-    head_dim: int | None = None  # default 32 when num_heads is not given either
-    num_heads: int | None = None
     qkv_bias: bool = True
     proj_bias: bool = True
     lepe_kernel_size: int = 3
     attn_drop: float = 0.0
     proj_drop: float = 0.0
-
-    def heads(self, dim: int) -> tuple[int, int]:
-        """(num_heads, head_dim) for ``dim`` channels, all branches together."""
-        if self.num_heads and self.head_dim:
-            return self.num_heads, self.head_dim
-        if self.num_heads:
-            return self.num_heads, dim // self.num_heads
-        head_dim = self.head_dim or 32
-        return max(dim // head_dim, 1), head_dim
 
     def check(self, ctx: Context) -> list[str]:
         errors = []

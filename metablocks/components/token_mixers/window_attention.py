@@ -7,29 +7,19 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from metablocks.registry import Component, Context, register
+from metablocks.components.token_mixers.attention import MultiHeadConfig
+from metablocks.registry import Context, register
 
 
-class WindowAttentionConfig(Component):
+class WindowAttentionConfig(MultiHeadConfig):
     layout = "channels_last"
     window_size: int = 7
     shift: bool | int = False  # True: shift by window_size // 2 (Swin's odd blocks); an int: that many tokens
-    head_dim: int | None = None  # default 32 when num_heads is not given either
-    num_heads: int | None = None
     qkv_bias: bool = True
     proj_bias: bool = True
     attn_drop: float = 0.0
     proj_drop: float = 0.0
     mask_value: float = -100.0  # added to scores between tokens that the cyclic shift brought together (Swin: -100)
-
-    def heads(self, dim: int) -> tuple[int, int]:
-        """(num_heads, head_dim) for ``dim`` channels."""
-        if self.num_heads and self.head_dim:
-            return self.num_heads, self.head_dim
-        if self.num_heads:
-            return self.num_heads, dim // self.num_heads
-        head_dim = self.head_dim or 32
-        return max(dim // head_dim, 1), head_dim
 
     def shift_size(self) -> int:
         return self.window_size // 2 if self.shift is True else int(self.shift)
