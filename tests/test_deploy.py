@@ -106,6 +106,16 @@ def test_deploy_check_with_example() -> None:
     deploy(trained_looking(model), example=torch.randn(1, 3, size, size))  # passes its own equality check
 
 
+def test_channels_last_deploy_keeps_outputs() -> None:
+    model, size = small_model("poolformer_s12")
+    trained_looking(model)
+    x = torch.randn(2, 3, size, size)
+    fused = deploy(copy.deepcopy(model), channels_last=True)
+    assert fused.stem.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert (model(x) - fused(x.contiguous(memory_format=torch.channels_last))).abs().max().item() <= 1e-4
+
+
 def test_fold_affine_through_attention_rearrange() -> None:
     """Attention ends in proj then rearrange "b (h w) c -> b h w c": a channel scale folds into proj."""
     from metablocks.components.token_mixers.attention import Attention
