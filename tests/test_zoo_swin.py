@@ -23,21 +23,9 @@ SLOW = [pytest.param("swin_s", marks=pytest.mark.slow), pytest.param("swin_b", m
 
 
 def count_gmacs(model: torch.nn.Module) -> float:
-    """MACs at 224 through metablocks.analysis (fvcore + an SDPA handle); plain fvcore with our own handle if absent."""
-    try:
-        from metablocks.analysis import count_macs
-    except ImportError:
-        from math import prod
+    """GMACs at 224 through metablocks.analysis (fvcore with our SDPA handle)."""
+    from metablocks.analysis import count_macs
 
-        from fvcore.nn import FlopCountAnalysis
-
-        def sdpa(inputs, outputs):  # QK^T and AV: B * heads * Nq * Nk * (d_qk + d_v)
-            q, k, v = (list(t.type().sizes()) for t in inputs[:3])
-            return prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
-
-        flops = FlopCountAnalysis(model.eval(), torch.zeros(1, 3, 224, 224))
-        flops.set_op_handle("aten::scaled_dot_product_attention", sdpa).unsupported_ops_warnings(False)
-        return flops.total() / 1e9
     return count_macs(model).total / 1e9
 
 
