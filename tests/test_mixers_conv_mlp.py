@@ -204,7 +204,7 @@ def test_token_mlp_mixes_tokens_not_channels() -> None:
 
 
 def test_token_mlp_block_equals_timm_mixer_block() -> None:
-    timm = pytest.importorskip("timm")
+    pytest.importorskip("timm")
     from timm.models.mlp_mixer import MixerBlock
 
     theirs = MixerBlock(48, 7 * 7).eval()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import metablocks
 from metablocks.components.token_mixers.criss_cross import CrissCrossAttention
-from metablocks.components.token_mixers.wavelet import WaveMixer, haar_dwt2d, haar_subbands
+from metablocks.components.token_mixers.wavelet import haar_dwt2d, haar_subbands
 from metablocks.registry import Context
 
 

@@ -1,7 +1,6 @@
 """Loading: extends, stage_defaults, per-block cycling lists, overrides, the canonical resolved form and its hash."""
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
 

@@ -1,7 +1,6 @@
 """User components: registered from user code or an installed package, valid in YAML at once, listed, in the schema."""
 import json
 import runpy
-import sys
 import textwrap
 from pathlib import Path
 

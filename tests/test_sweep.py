@@ -7,7 +7,7 @@ import torch
 
 import metablocks
 from metablocks.cli import main
-from metablocks.sweep import ResultStore, Sweep, SweepError, report, run_sweep
+from metablocks.sweep import ResultStore, Sweep, SweepError, run_sweep
 from metablocks.sweep.plots import pareto
 from metablocks.sweep.results import aggregate
 

@@ -3,7 +3,6 @@ and the paper's table, MACs within 3% of the paper, the stripe partition and the
 the attention equal to a slow per-stripe reference, other resolutions and the error for a stripe that does not fit."""
 import pytest
 import torch
-import torch.nn.functional as F
 
 import metablocks
 from metablocks.components.token_mixers.cswin_attention import CSWinAttentionConfig, stripes
