@@ -9,16 +9,7 @@ import torch
 import metablocks
 from metablocks.blocks import Block
 
-SIZES = (64, 96, 112, 224)
-
-
-def small_model(name: str) -> tuple[torch.nn.Module, int]:
-    for size in SIZES:
-        try:
-            return metablocks.create_model(name, img_size=size).eval(), size
-        except metablocks.RecipeError:
-            continue
-    raise AssertionError(f"{name} builds at none of {SIZES}")
+from helpers import small_model  # noqa: E402
 
 
 def block_inputs(model: torch.nn.Module, size: int) -> list[tuple[Block, torch.Tensor]]:

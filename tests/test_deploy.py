@@ -11,17 +11,7 @@ from metablocks.analysis.bench import _randomize_norm_stats
 from metablocks.blocks import Block, LayerScale
 from metablocks.deploy import deploy, fold_affine, fold_affine_into_input, fold_conv_bn
 
-SIZES = (64, 96, 112, 224)
-
-
-def small_model(name: str) -> tuple[nn.Module, int]:
-    """The recipe at the smallest input size its components accept, in eval mode."""
-    for size in SIZES:
-        try:
-            return metablocks.create_model(name, img_size=size).eval(), size
-        except metablocks.RecipeError:
-            continue
-    raise AssertionError(f"{name} builds at none of {SIZES}")
+from helpers import small_model  # noqa: E402
 
 
 def trained_looking(model: nn.Module) -> nn.Module:

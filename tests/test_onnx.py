@@ -9,16 +9,7 @@ from metablocks.interop.onnx import export_onnx, onnx_diff
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-SIZES = (64, 96, 112, 224)
-
-
-def small_model(name: str) -> tuple[torch.nn.Module, int]:
-    for size in SIZES:
-        try:
-            return metablocks.create_model(name, img_size=size).eval(), size
-        except metablocks.RecipeError:
-            continue
-    raise AssertionError(f"{name} builds at none of {SIZES}")
+from helpers import small_model  # noqa: E402
 
 
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])

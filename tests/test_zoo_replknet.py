@@ -38,15 +38,7 @@ def official_params(kernels: tuple, layers: tuple, channels: tuple, small: int =
     return total + 2 * channels[-1] + channels[-1] * 1000 + 1000  # head: BN, linear
 
 
-def randomize_bn(model: nn.Module) -> nn.Module:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-    return model.eval()
+from helpers import randomize_bn  # noqa: E402
 
 
 def test_parameter_count_equals_the_official_code() -> None:

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 import metablocks
+from helpers import randomize_bn as randomize_all_bn
 from metablocks.components.channel_mixers.grn_mlp import GrnMlp
 from metablocks.components.grn import GRN
 from metablocks.components.reparam import dilate_kernel
@@ -53,14 +54,10 @@ def official_params(depths: tuple, dims: tuple, stage3: tuple) -> int:
 
 def randomize_bn(model: nn.Module) -> nn.Module:
     """Non-trivial BatchNorm statistics and affine parameters, GRN and layer scales away from their zero init."""
+    randomize_all_bn(model)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
-            elif isinstance(m, GRN):
+            if isinstance(m, GRN):
                 m.gamma.normal_(0, 0.5)
                 m.beta.normal_(0, 0.5)
         for name, p in model.named_parameters():
