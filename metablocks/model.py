@@ -78,15 +78,22 @@ class Stage(nn.Module):
             resolution = config.downsample.out_resolution(resolution)
         self.resolution = resolution
         layout: Layout = "channels_first"
-        blocks, perms = [], []
+        blocks = []
         for j in range(config.depth):
             block_config = config.block(j)
-            block_layout = block_config.stream_layout(layout)
+            layout = block_config.stream_layout(layout)
             blocks.append(Block(config.dim, block_config, resolution=resolution, drop_path=drop_path[j],
-                                io_layout=block_layout, stage=index, block=j))
-            perms.append(permutation(layout, block_layout))
-            layout = block_layout
+                                io_layout=layout, stage=index, block=j))
         self.blocks = nn.Sequential(*blocks)
+        self.plan_permutes()
+
+    def plan_permutes(self) -> None:
+        """One permute wherever consecutive blocks' layouts differ, and back to channels-first at the end."""
+        layout: Layout = "channels_first"
+        perms = []
+        for block in self.blocks:
+            perms.append(permutation(layout, block.io_layout))
+            layout = block.io_layout
         self._perms = tuple(perms)
         self._out_perm = permutation(layout, "channels_first")
 
@@ -203,7 +210,7 @@ class MetaModel(nn.Module):
                 else:
                     rebuilt.blocks[j] = old
             rebuilt.downsample = stage.downsample
-            rebuilt._perms = _stage_perms(rebuilt)
+            rebuilt.plan_permutes()
             self.stages[s] = rebuilt
         self.recipe = self.recipe.model_copy(update={"stages": new_stages})
 
@@ -213,16 +220,6 @@ def _check_stage(config: StageConfig, resolution: tuple[int, int], index: int) -
     problems = [p for c in config.token_mixer for p in component_problems(c, ctx, ("token_mixer",), None)]
     if problems:
         raise RecipeError(problems)
-
-
-def _stage_perms(stage: Stage) -> tuple:
-    layout: Layout = "channels_first"
-    perms = []
-    for block in stage.blocks:
-        perms.append(permutation(layout, block.io_layout))
-        layout = block.io_layout
-    stage._out_perm = permutation(layout, "channels_first")
-    return tuple(perms)
 
 
 def _copy_matching(old: nn.Module, new: nn.Module, skip: str) -> None:
