@@ -56,3 +56,14 @@ def test_every_recipe_exports(tmp_path, name: str) -> None:
     model, _ = small_model(name)
     result = export_onnx(model, tmp_path / f"{name}.onnx")
     assert result.max_abs_diff <= 1e-4, (name, result)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_shifted_padded_window_attention_exports(tmp_path, exporter: str) -> None:
+    """A 15x15 map pads to 21x21 for 7x7 windows (the tracer once rounded 15 -> 14 with ONNX's truncating Div) and
+    the shifted block's attention is 4-D (the dynamo exporter refuses 5-D SDPA)."""
+    block = metablocks.MetaFormerBlock(dim=32, resolution=(15, 15),
+                                       token_mixer={"type": "window_attention", "num_heads": 2, "shift": True})
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 1), block).eval()
+    result = export_onnx(model, tmp_path / "swin_block.onnx", img_size=(15, 15), exporter=exporter)
+    assert result.exporter == exporter and result.max_abs_diff <= 1e-5

@@ -107,10 +107,12 @@ class WindowAttention(nn.Module):
         self.register_buffer("attn_mask", mask, persistent=False)
 
     def _padded_size(self, resolution: tuple[int, int]) -> tuple[int, int]:
-        return tuple(-(-r // w) * w for r, w in zip(resolution, self.window_size))  # type: ignore[return-value]
+        # r + (w - r % w) % w, not -(-r // w) * w: ONNX's integer Div truncates toward zero, so a traced negative
+        # floor division rounds the wrong way (16 -> 14 instead of 21 for w = 7)
+        return tuple(r + (w - r % w) % w for r, w in zip(resolution, self.window_size))  # type: ignore[return-value]
 
     def _bias(self, padded: tuple[int, int], device: torch.device) -> Tensor:
-        """Relative position bias plus, for shifted windows, the shift mask: (heads or nW, heads, N, N)."""
+        """Relative position bias, (heads, N, N); for shifted windows plus the shift mask, (nW * heads, N, N)."""
         n = self.window_size[0] * self.window_size[1]
         table = self.relative_position_bias_table[self.relative_position_index.flatten()]  # (N*N, heads)
         bias = rearrange(table, "(i j) h -> h i j", i=n)  # (heads, N, N)
@@ -118,7 +120,7 @@ class WindowAttention(nn.Module):
             return bias
         mask = self.attn_mask if padded == self._padded else \
             shift_mask(padded, self.window_size, self.shift_size, self.mask_value).to(device)
-        return bias + mask[:, None].to(bias.dtype)  # (nW, heads, N, N)
+        return rearrange(bias + mask[:, None].to(bias.dtype), "w h i j -> (w h) i j")
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
         height, width = x.shape[1:3]
@@ -130,10 +132,16 @@ class WindowAttention(nn.Module):
         if padded != (height, width):
             x = F.pad(x, (0, 0, 0, padded[1] - width, 0, padded[0] - height))
         windows = rearrange(x, "b (nh wh) (nw ww) c -> b (nh nw) (wh ww) c", wh=wh, ww=ww)  # (B, nW, N, C)
-        q, k, v = rearrange(self.qkv(windows), "b w n (three h d) -> three b w h n d", three=3, h=self.num_heads)
+        # 4-D attention (what SDPA kernels and the ONNX exporter take): windows fold into the batch, where one
+        # (heads, N, N) bias serves them all; shifted windows each have their own mask, so they fold into the heads
+        heads = "(w h)" if sh or sw else "h"
+        batch = "b" if sh or sw else "(b w)"
+        q, k, v = rearrange(self.qkv(windows), f"b w n (three h d) -> three {batch} {heads} n d", three=3,
+                            h=self.num_heads)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(padded, x.device),
-                                             dropout_p=self.attn_drop if self.training else 0.0)  # (B, nW, heads, N, d)
-        out = self.proj_drop(self.proj(rearrange(out, "b w h n d -> b w n (h d)")))  # (B, nW, N, C)
+                                             dropout_p=self.attn_drop if self.training else 0.0)
+        out = rearrange(out, f"{batch} {heads} n d -> b w n (h d)", b=x.shape[0], h=self.num_heads)
+        out = self.proj_drop(self.proj(out))  # (B, nW, N, C)
         x = rearrange(out, "b (nh nw) (wh ww) c -> b (nh wh) (nw ww) c", nh=padded[0] // wh, wh=wh, ww=ww)
         x = x[:, :height, :width]
         if sh or sw:
