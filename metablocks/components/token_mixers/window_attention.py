@@ -82,6 +82,15 @@ def shift_mask(padded: tuple[int, int], window: tuple[int, int], shift: tuple[in
     return torch.zeros(differs.shape).masked_fill(differs, value)
 
 
+def biased_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout: float = 0.0) -> Tensor:
+    """softmax(q k^T / sqrt(d) + bias) v. SDPA, unless the bias needs a gradient: SDPA then falls back to its math
+    path, whose NaN-safe softmax costs more than these three ops (CPU, 49-token windows: 0.76 vs 0.55 ms)."""
+    if not (bias.requires_grad and torch.is_grad_enabled()):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1) + bias
+    return F.dropout(scores.softmax(dim=-1), dropout, training=dropout > 0) @ v
+
+
 @register("token_mixer", "window_attention", config=WindowAttentionConfig)
 class WindowAttention(nn.Module):
     """Self-attention inside non-overlapping windows, optionally cyclically shifted, with a learned relative
@@ -112,15 +121,16 @@ class WindowAttention(nn.Module):
         return tuple(r + (w - r % w) % w for r, w in zip(resolution, self.window_size))  # type: ignore[return-value]
 
     def _bias(self, padded: tuple[int, int], device: torch.device) -> Tensor:
-        """Relative position bias, (heads, N, N); for shifted windows plus the shift mask, (nW * heads, N, N)."""
+        """Relative position bias, (1, heads, N, N); for shifted windows plus the shift mask, (1, nW * heads, N, N).
+        4-D, because only a 4-D mask lets SDPA take its fused CPU kernel (a 3-D one falls back to the math path)."""
         n = self.window_size[0] * self.window_size[1]
         table = self.relative_position_bias_table[self.relative_position_index.flatten()]  # (N*N, heads)
-        bias = rearrange(table, "(i j) h -> h i j", i=n)  # (heads, N, N)
+        bias = rearrange(table, "(i j) h -> 1 h i j", i=n)  # (1, heads, N, N)
         if not any(self.shift_size):
             return bias
         mask = self.attn_mask if padded == self._padded else \
             shift_mask(padded, self.window_size, self.shift_size, self.mask_value).to(device)
-        return rearrange(bias + mask[:, None].to(bias.dtype), "w h i j -> (w h) i j")
+        return rearrange(bias + mask[:, None].to(bias.dtype), "w h i j -> 1 (w h) i j")
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
         height, width = x.shape[1:3]
@@ -138,12 +148,12 @@ class WindowAttention(nn.Module):
         batch = "b" if sh or sw else "(b w)"
         q, k, v = rearrange(self.qkv(windows), f"b w n (three h d) -> three {batch} {heads} n d", three=3,
                             h=self.num_heads)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self._bias(padded, x.device),
-                                             dropout_p=self.attn_drop if self.training else 0.0)
+        out = biased_attention(q, k, v, self._bias(padded, x.device), self.attn_drop if self.training else 0.0)
         out = rearrange(out, f"{batch} {heads} n d -> b w n (h d)", b=x.shape[0], h=self.num_heads)
         out = self.proj_drop(self.proj(out))  # (B, nW, N, C)
         x = rearrange(out, "b (nh nw) (wh ww) c -> b (nh wh) (nw ww) c", nh=padded[0] // wh, wh=wh, ww=ww)
-        x = x[:, :height, :width]
+        if padded != (height, width):
+            x = x[:, :height, :width]
         if sh or sw:
             x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
         return x
