@@ -5,6 +5,8 @@ import torch.nn.functional as F
 
 import metablocks
 from metablocks.blocks import Block, BlockConfig, DropPath
+from metablocks.components.acts import inplace_act
+from metablocks.registry import get
 
 
 def test_metaformer_block_is_two_prenorm_residual_branches() -> None:
@@ -87,3 +89,36 @@ def test_block_backward() -> None:
     x = torch.randn(2, 16, 4, 4, requires_grad=True)
     block(x).sum().backward()
     assert x.grad is not None and all(p.grad is not None for p in block.parameters())
+
+
+def test_inference_writes_the_residual_sum_into_the_branch_output_only() -> None:
+    """Eager no-grad: the sum goes into the channel MLP's output tensor (no new allocation); with autograd it does not
+    (the branch may have saved it), and an identity branch never overwrites the block's input."""
+    block = metablocks.MetaFormerBlock(dim=8, token_mixer="pooling", norm={"type": "groupnorm"}, layer_scale=0.5,
+                                       res_scale=2.0)
+    seen: list[torch.Tensor] = []
+    block.channel_mixer.register_forward_hook(lambda module, args, out: seen.append(out))
+    x = torch.randn(2, 8, 5, 5)
+    with torch.no_grad():
+        expected = block.norm2(0.5 * block.token_mixer(block.norm1(x)) + 2 * x)
+        expected = 2 * (0.5 * block.token_mixer(block.norm1(x)) + 2 * x) + 0.5 * block.channel_mixer(expected)
+        seen.clear()
+        out = block(x)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert out.data_ptr() == seen[-1].data_ptr()  # written in place
+    out = block(x)
+    assert out.data_ptr() != seen[-1].data_ptr() and out.requires_grad
+
+    identity = metablocks.MetaFormerBlock(dim=4, branches=[["token_mixer"]], norm=None, token_mixer="identity")
+    x = torch.randn(1, 4, 3, 3)
+    before = x.clone()
+    with torch.inference_mode():
+        assert torch.equal(identity(x), 2 * before)
+    assert torch.equal(x, before)
+
+
+def test_acts_after_a_norm_run_in_place_where_they_can() -> None:
+    model = metablocks.create_model("resnet50", img_size=64)
+    relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
+    assert len(relus) == 1 + 16 * 2 + 16 and all(m.inplace for m in relus)  # stem, 2 per bottleneck, 16 post-acts
+    assert isinstance(inplace_act(get("act", "gelu")()), torch.nn.GELU)  # GELU has no in-place form: built as usual

@@ -1,6 +1,8 @@
 """Activations (kind ``act``): elementwise, so they work in any layout and ignore the channel count."""
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -11,8 +13,19 @@ from metablocks.registry import Component, Context, register
 class Activation(Component):
     """An elementwise activation; built without a channel count."""
 
-    def build(self, ctx: Context | None = None) -> nn.Module:
-        return self.module(**self.kwargs())
+    def build(self, ctx: Context | None = None, *, inplace: bool = False) -> nn.Module:
+        """``inplace``: the caller knows its input is a fresh tensor nobody else reads and autograd did not save
+        (a conv, norm or residual-sum output): activations that can (ReLU, SiLU) then overwrite it, saving an
+        allocation and a pass over memory, as timm's ResNet does. Others ignore it."""
+        kwargs = self.kwargs()
+        if inplace and "inplace" in inspect.signature(self.module).parameters:
+            kwargs["inplace"] = True
+        return self.module(**kwargs)
+
+
+def inplace_act(act: Component) -> nn.Module:
+    """``act`` built in-place where it can be (see ``Activation.build``); a plugin's own act config as it is."""
+    return act.build(inplace=True) if isinstance(act, Activation) else act.build()
 
 
 class GeluConfig(Activation):

@@ -15,6 +15,8 @@ from typing import Annotated
 from pydantic import Field
 from torch import Tensor, nn
 
+from metablocks.blocks import overwritable
+from metablocks.components.acts import inplace_act
 from metablocks.components.conv_arith import conv_out
 from metablocks.registry import Component, Context, Ref, register
 
@@ -49,7 +51,7 @@ class ResidualDownsampleConfig(Component):
         if self.stride != 1 or ctx.dim != out_dim:
             shortcut = nn.Sequential(OrderedDict(conv=nn.Conv2d(ctx.dim, out_dim, 1, stride=self.stride, bias=False),
                                                  norm=self.norm.build(Context(out_dim))))
-        return self.module(branch, shortcut, self.post_act.build() if self.post_act is not None else None)
+        return self.module(branch, shortcut, inplace_act(self.post_act) if self.post_act is not None else None)
 
 
 @register("downsample", "residual", config=ResidualDownsampleConfig)
@@ -63,4 +65,5 @@ class ResidualDownsample(nn.Module):
         self.act = post_act if post_act is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, C_out, H / s, W / s)
-        return self.act(self.token_mixer(x) + self.shortcut(x))
+        branch, shortcut = self.token_mixer(x), self.shortcut(x)
+        return self.act(branch.add_(shortcut) if overwritable(branch, shortcut) else branch + shortcut)

@@ -9,6 +9,7 @@ from typing import Annotated
 from pydantic import Field
 from torch import Tensor, nn
 
+from metablocks.components.acts import inplace_act
 from metablocks.components.conv_arith import conv_out
 from metablocks.registry import Component, Context, Ref, register
 
@@ -69,7 +70,7 @@ class ResNetStem(nn.Module):
             self.add_module(f"conv{i}", nn.Conv2d(c_in, c_out, kernel_size, stride=2 if i == 1 else 1,
                                                   padding=kernel_size // 2, bias=False))
             self.add_module(f"bn{i}", norm.build(Context(c_out)))
-            self.add_module(f"act{i}", act.build())
+            self.add_module(f"act{i}", inplace_act(act))  # after a norm
             self._names += [f"conv{i}", f"bn{i}", f"act{i}"]
         self.pool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=ceil_mode) if pool else nn.Identity()
 

@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import Field
 from torch import Tensor, nn
 
+from metablocks.components.acts import inplace_act
 from metablocks.registry import Component, Context, Ref, register
 
 
@@ -51,11 +52,11 @@ class Bottleneck(nn.Module):
         width = int(dim * ratio)
         self.conv1 = nn.Conv2d(in_dim or dim, width, 1, bias=False)
         self.bn1 = norm.build(Context(width))
-        self.act1 = act.build()
+        self.act1 = inplace_act(act)  # after a norm
         self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups,
                                bias=False)
         self.bn2 = norm.build(Context(width))
-        self.act2 = act.build()
+        self.act2 = inplace_act(act)  # after a norm
         self.conv3 = nn.Conv2d(width, dim, 1, bias=False)
         self.bn3 = norm.build(Context(dim))
         if zero_init_last and getattr(self.bn3, "weight", None) is not None:
