@@ -16,17 +16,18 @@ def _ms(row: dict, side: str) -> str:
 
 def vs_timm(reports: list[dict]) -> str:
     lines = ["| recipe (timm model) | inference b1 ms ours / timm | ratio | inference b8 ms ours / timm | ratio | "
-             "train step b8 ms ours / timm | ratio | peak train MB ours / timm | ratio | grad ckpt MB (saving) | "
-             "max diff | load avg |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "train step b8 ms ours / timm | ratio | peak train MB, first steps, ours / timm | ratio | "
+             "peak train MB, steady state, ours / timm | ratio | grad ckpt MB (saving) | max diff | load avg |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in reports:
         rows = {row["what"]: row for row in r["rows"]}
         cells = [f"{r['name']} ({r['against'].removeprefix('timm ')})"]
         for what in ("inference b1", "inference b8", "train step b8"):
             row = rows.get(what)
             cells += [f"{_ms(row, 'ours')} / {_ms(row, 'other')}", f"**{row['ratio']:.2f}**"] if row else ["-", "-"]
-        mem = rows.get("peak train memory b8")
-        cells += [f"{mem['ours'] / 2**20:.0f} / {mem['other'] / 2**20:.0f}", f"**{mem['ratio']:.2f}**"] if mem else ["-", "-"]
+        for what in ("peak train memory b8, first steps", "peak train memory b8, steady state"):
+            mem = rows.get(what)
+            cells += [f"{mem['ours'] / 2**20:.1f} / {mem['other'] / 2**20:.1f}", f"**{mem['ratio']:.3f}**"] if mem else ["-", "-"]
         ckpt = next((row for what, row in rows.items() if "grad_checkpointing" in what), None)
         cells.append(f"{ckpt['ours'] / 2**20:.0f} ({ckpt['ratio']:.2f}x less)" if ckpt else "-")
         cells.append(f"{r['max_abs_diff']:.0e}" if r["max_abs_diff"] is not None else "-")

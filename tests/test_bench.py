@@ -55,6 +55,14 @@ def test_peak_memory_falls_with_checkpointing() -> None:
     assert 0 < ckpt < plain - 20 * 2**20  # at least 20 MB less
 
 
+def test_steady_state_peak_leaves_out_the_first_steps_adamw_state() -> None:
+    """From a cold start the peak includes AdamW's two moment buffers per parameter; after one warm-up step it has them."""
+    cold = bench.peak_train_memory("poolformer_s12", batch=2, img_size=64, steps=1)
+    steady = bench.peak_train_memory("poolformer_s12", batch=2, img_size=64, steps=1, warmup_steps=1)
+    adamw_state = 2 * 4 * 11_915_176  # exp_avg and exp_avg_sq, fp32
+    assert 0 < steady < cold - 0.9 * adamw_state
+
+
 def test_bench_cli_deploy_json(tmp_path, capsys) -> None:
     out = tmp_path / "r.json"
     code = main(["bench", "convnext_atto", "--deploy", "--img-size", "64", "--batch", "1", "--repeats", "2",

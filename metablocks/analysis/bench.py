@@ -11,10 +11,12 @@ Method (what ``metablocks bench`` and ``benchmarks/vs_timm.py`` report):
 * **Training step**: ``model.train()``, forward, cross-entropy on random labels, backward, ``AdamW.step()`` and
   ``zero_grad(set_to_none=True)``, one step per timing.
 * **Peak memory** (``peak_train_memory``): each model in a fresh subprocess; after building the model, the
-  optimizer and the batch, we reset the kernel's resident-set high-water mark (``/proc/self/clear_refs`` <- 5) and
-  read it (``VmHWM`` in ``/proc/self/status``), run ``steps`` training steps and read it again: the delta is the
-  peak extra memory training needs (activations, gradients, AdamW state, allocator slack), the same for every
-  model. (``ru_maxrss`` would be wrong here: Linux carries it over from the parent process.) CUDA:
+  optimizer and the batch (and ``warmup_steps`` training steps), we reset the kernel's resident-set high-water mark
+  (``/proc/self/clear_refs`` <- 5) and read it (``VmHWM`` in ``/proc/self/status``), run ``steps`` training steps
+  and read it again: the delta is the peak extra memory training needs. From a cold start (``warmup_steps=0``) it
+  includes the AdamW state and one-time process costs of the first step (oneDNN kernels JIT-compiled and cached
+  for the shapes seen, lazily paged-in code); in the steady state (``warmup_steps=1``) it is activations, gradients
+  and allocator slack, what every later step of a training run needs. (``ru_maxrss`` would be wrong here: Linux carries it over from the parent process.) CUDA:
   ``torch.cuda.max_memory_allocated`` minus the memory allocated before the steps.
 """
 from __future__ import annotations
@@ -182,6 +184,8 @@ x = torch.randn(args["batch"], 3, args["img_size"], args["img_size"], device=dev
 if args["channels_last"]:
     x = x.contiguous(memory_format=torch.channels_last)
 step = bench.train_step_call(model, x)
+for _ in range(args["warmup_steps"]):
+    step()
 if device.type == "cuda":
     torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -199,13 +203,15 @@ print("PEAK", json.dumps({"peak_bytes": after - before}))
 
 
 def peak_train_memory(name: str, *, which: str = "ours", batch: int = 8, img_size: int = 224, steps: int = 2,
-                      grad_checkpointing: bool = False, channels_last: bool = False, device: str = "cpu",
-                      threads: int | None = None, timeout: float = 900) -> int:
-    """Peak extra bytes of ``steps`` training steps of one model, measured in a fresh subprocess (see module doc).
+                      warmup_steps: int = 0, grad_checkpointing: bool = False, channels_last: bool = False,
+                      device: str = "cpu", threads: int | None = None, timeout: float = 900) -> int:
+    """Peak extra bytes of ``steps`` training steps of one model after ``warmup_steps`` unmeasured ones, measured in
+    a fresh subprocess (see module doc).
 
     ``which`` is "ours" (``name`` a recipe file or shipped name) or "timm" (``name`` a timm model name).
     """
-    args = dict(name=name, which=which, batch=batch, img_size=img_size, steps=steps, grad_checkpointing=grad_checkpointing,
+    args = dict(name=name, which=which, batch=batch, img_size=img_size, steps=steps, warmup_steps=warmup_steps,
+                grad_checkpointing=grad_checkpointing,
                 channels_last=channels_last, device=device, threads=threads or torch.get_num_threads())
     # glibc: tensors above 64 KiB get their own mmap, returned to the OS when freed, so the resident set follows the
     # live tensors instead of heap fragmentation (with default settings repeated runs differ by +-10%)
@@ -256,12 +262,12 @@ class Report:
         lines = [f"| {self.name} | ours | {other} | ratio ({other} / ours) |", "|---|---|---|---|"]
         for row in self.rows:
             if row.what.startswith("peak"):
-                ours, theirs = f"{row.ours / 2**20:.0f} MB", "-" if row.other is None else f"{row.other / 2**20:.0f} MB"
+                ours, theirs = f"{row.ours / 2**20:.1f} MB", "-" if row.other is None else f"{row.other / 2**20:.1f} MB"
             else:
                 ours = Timing([row.ours_range[0], row.ours, row.ours_range[1]]).ms() if row.ours_range else f"{1e3 * row.ours:.1f}"
                 theirs = "-" if row.other is None else (
                     Timing([row.other_range[0], row.other, row.other_range[1]]).ms() if row.other_range else f"{1e3 * row.other:.1f}")
-            ratio = "-" if row.ratio is None else f"{row.ratio:.2f}"
+            ratio = "-" if row.ratio is None else f"{row.ratio:.3f}" if row.what.startswith("peak") else f"{row.ratio:.2f}"
             lines.append(f"| {row.what} | {ours} | {theirs} | {ratio} |")
         if self.max_abs_diff is not None:
             lines.append(f"| max abs logit diff | {self.max_abs_diff:.1e} | | |")
@@ -322,8 +328,9 @@ def compare_with_timm(spec: str, timm_name: str | None = None, *, memory: bool =
                       img_size: int = 224, train_batch: int = 8, threads: int | None = None, **kwargs: Any) -> Report:
     """Our recipe ``spec`` against timm's ``timm_name`` (default: the recipe's) with the same weights.
 
-    Adds peak training memory rows (subprocess per model), and with ``grad_checkpointing`` our peak with
-    ``set_grad_checkpointing(True)`` (ratio: our plain peak / checkpointed peak = the saving factor).
+    Adds peak training memory rows (subprocess per model), from a cold start and in the steady state (after one
+    step), and with ``grad_checkpointing`` our steady-state peak with ``set_grad_checkpointing(True)`` (ratio: our
+    plain peak / checkpointed peak = the saving factor).
     """
     timm_name = timm_name or timm_name_of(spec)
     if timm_name is None:
@@ -335,10 +342,12 @@ def compare_with_timm(spec: str, timm_name: str | None = None, *, memory: bool =
     if memory and train_batch:
         device = kwargs.get("device", "cpu")
         mem = dict(batch=train_batch, img_size=img_size, device=device, threads=threads)
-        mine = peak_train_memory(spec, **mem)
-        report.rows.append(Row(f"peak train memory b{train_batch}", mine, peak_train_memory(timm_name, which="timm", **mem)))
+        for warmup_steps, when in ((0, "first steps"), (1, "steady state")):
+            mine = peak_train_memory(spec, warmup_steps=warmup_steps, **mem)
+            theirs_bytes = peak_train_memory(timm_name, which="timm", warmup_steps=warmup_steps, **mem)
+            report.rows.append(Row(f"peak train memory b{train_batch}, {when}", mine, theirs_bytes))
         if grad_checkpointing:
-            ckpt = peak_train_memory(spec, grad_checkpointing=True, **mem)
+            ckpt = peak_train_memory(spec, grad_checkpointing=True, warmup_steps=1, **mem)
             report.rows.append(Row(f"peak train memory b{train_batch}, grad_checkpointing (vs ours plain)", ckpt, mine))
     return report
 

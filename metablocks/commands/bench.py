@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "interleaved in one process against timm's model with the same weights "
                                                "(--vs-timm) and/or our deployed model (--deploy): median of --repeats "
                                                "(min-max). Ratio = other time / our time (>1: ours is faster). Peak "
-                                               "training memory is measured in a subprocess per model (ru_maxrss delta).")
+                                               "training memory is measured in a subprocess per model (VmHWM delta), "
+                                               "from a cold start and in the steady state after one step.")
     parser.add_argument("recipe", metavar="FILE|NAME", help="a recipe file or a shipped recipe name")
     parser.add_argument("--vs-timm", nargs="?", const="", default=None, metavar="NAME",
                         help="compare with this timm model (default: the recipe's timm_name), same weights")
@@ -51,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
         model = bench.build_ours(args.recipe, img_size=args.img_size)
         reports.append(bench.compare(model, None, name=args.recipe, against=None, train_batch=args.train_batch, **common))
         if args.memory and args.train_batch:
-            reports[-1].rows.append(bench.Row(f"peak train memory b{args.train_batch}", bench.peak_train_memory(
-                args.recipe, batch=args.train_batch, img_size=args.img_size, device=args.device)))
+            for warmup_steps, when in ((0, "first steps"), (1, "steady state")):
+                reports[-1].rows.append(bench.Row(f"peak train memory b{args.train_batch}, {when}", bench.peak_train_memory(
+                    args.recipe, batch=args.train_batch, img_size=args.img_size, device=args.device,
+                    warmup_steps=warmup_steps)))
     c = reports[0].conditions
     print(f"# {c['machine']}, {c['cpus']} CPUs, {c['threads']} threads, torch {c['torch']}, device {c['device']}, "
           f"load avg {c['load_avg']}, {args.img_size}px, median of {args.repeats} (min-max) ms; "
