@@ -162,7 +162,7 @@ class Block(nn.Module):
             x = x.permute(self._in_perm)
         modules = self._modules
         for branch in self._branches:
-            # res_scale * x before the branch, as timm evaluates it: the training peak is 0.6 MB lower than after
+            # res_scale * x before the branch, in timm's order: a lower training peak (caformer_s18: 0.6 MB)
             shortcut = modules[branch.res_scale](x) if branch.res_scale else x
             y = x
             for name, perm in branch.steps:

@@ -16,8 +16,9 @@ Method (what ``metablocks bench`` and ``benchmarks/vs_timm.py`` report):
   and read it again: the delta is the peak extra memory training needs. From a cold start (``warmup_steps=0``) it
   includes the AdamW state and one-time process costs of the first step (oneDNN kernels JIT-compiled and cached
   for the shapes seen, lazily paged-in code); in the steady state (``warmup_steps=1``) it is activations, gradients
-  and allocator slack, what every later step of a training run needs. (``ru_maxrss`` would be wrong here: Linux carries it over from the parent process.) CUDA:
-  ``torch.cuda.max_memory_allocated`` minus the memory allocated before the steps.
+  and allocator slack, what every later step of a training run needs. (``ru_maxrss`` would be wrong here: Linux
+  carries it over from the parent process.) CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated
+  before the steps.
 """
 from __future__ import annotations
 
@@ -211,8 +212,8 @@ def peak_train_memory(name: str, *, which: str = "ours", batch: int = 8, img_siz
     ``which`` is "ours" (``name`` a recipe file or shipped name) or "timm" (``name`` a timm model name).
     """
     args = dict(name=name, which=which, batch=batch, img_size=img_size, steps=steps, warmup_steps=warmup_steps,
-                grad_checkpointing=grad_checkpointing,
-                channels_last=channels_last, device=device, threads=threads or torch.get_num_threads())
+                grad_checkpointing=grad_checkpointing, channels_last=channels_last, device=device,
+                threads=threads or torch.get_num_threads())
     # glibc: tensors above 64 KiB get their own mmap, returned to the OS when freed, so the resident set follows the
     # live tensors instead of heap fragmentation (with default settings repeated runs differ by +-10%)
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_ARENA_MAX": "1"}
@@ -342,13 +343,15 @@ def compare_with_timm(spec: str, timm_name: str | None = None, *, memory: bool =
     if memory and train_batch:
         device = kwargs.get("device", "cpu")
         mem = dict(batch=train_batch, img_size=img_size, device=device, threads=threads)
+        peaks = {}
         for warmup_steps, when in ((0, "first steps"), (1, "steady state")):
-            mine = peak_train_memory(spec, warmup_steps=warmup_steps, **mem)
+            peaks[when] = peak_train_memory(spec, warmup_steps=warmup_steps, **mem)
             theirs_bytes = peak_train_memory(timm_name, which="timm", warmup_steps=warmup_steps, **mem)
-            report.rows.append(Row(f"peak train memory b{train_batch}, {when}", mine, theirs_bytes))
+            report.rows.append(Row(f"peak train memory b{train_batch}, {when}", peaks[when], theirs_bytes))
         if grad_checkpointing:
             ckpt = peak_train_memory(spec, grad_checkpointing=True, warmup_steps=1, **mem)
-            report.rows.append(Row(f"peak train memory b{train_batch}, grad_checkpointing (vs ours plain)", ckpt, mine))
+            report.rows.append(Row(f"peak train memory b{train_batch}, grad_checkpointing (vs ours plain)", ckpt,
+                                   peaks["steady state"]))
     return report
 
 
