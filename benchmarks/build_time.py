@@ -16,7 +16,8 @@ import time
 import torch
 
 import metablocks
-from metablocks.model import MetaModel, check_recipe
+from metablocks.model import MetaModel
+from metablocks.recipe.checks import check_recipe
 from metablocks.recipe import load_recipe
 
 

@@ -5,7 +5,8 @@
 """
 from metablocks.blocks import Block, BlockConfig, MetaFormerBlock, register_block_shape
 from metablocks.deploy import deploy
-from metablocks.model import MetaModel, build_model, check_recipe, create_model
+from metablocks.model import MetaModel, build_model, create_model
+from metablocks.recipe.checks import check_recipe
 from metablocks.recipe import Recipe, RecipeError, load_recipe, shipped_recipes
 from metablocks.registry import Component, Context, Ref, register
 

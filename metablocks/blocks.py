@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from torch import Tensor, nn
 
 from metablocks.components.acts import inplace_act
+from metablocks.fields import Scale
 from metablocks.layout import permutation, resolve
 from metablocks.registry import Component, Context, Layout, Ref, did_you_mean
 
@@ -41,15 +42,15 @@ def register_block_shape(name: str, branches: list[list[Slot]]) -> None:
 class BlockConfig(BaseModel):
     """Everything one block needs: its shape and the component in each slot."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     shape: str = "metaformer"
     branches: list[list[Slot]] | None = None  # spelled-out branches; overrides ``shape``
     norm: Annotated[Component, Ref("norm")] | None = "layernorm"
     token_mixer: Annotated[Component, Ref("token_mixer")] = "pooling"
     channel_mixer: Annotated[Component, Ref("channel_mixer")] | None = "mlp"
-    layer_scale: float | None = None  # init value of a learnable per-channel scale on each branch
-    res_scale: float | None = None  # init value of a learnable per-channel scale on each shortcut
+    layer_scale: Scale | None = None  # init value of a learnable per-channel scale on each branch
+    res_scale: Scale | None = None  # init value of a learnable per-channel scale on each shortcut
     post_act: Annotated[Component, Ref("act")] | None = None  # after the residual sum (ResNet's final ReLU)
     layout: Literal["channels_first", "channels_last"] | None = None  # pin the residual stream's layout (None: auto)
 

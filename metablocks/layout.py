@@ -1,9 +1,11 @@
 """Channel layouts and the one permute between them."""
 from __future__ import annotations
 
-from torch import Tensor
+from typing import Literal
 
-from metablocks.registry import Layout
+from torch import Tensor, nn
+
+from metablocks.registry import Component, Context, Layout
 
 _PERMUTES = {("channels_first", "channels_last"): (0, 2, 3, 1), ("channels_last", "channels_first"): (0, 3, 1, 2)}
 
@@ -21,3 +23,40 @@ def to_layout(x: Tensor, src: Layout, dst: Layout) -> Tensor:
 def resolve(wanted: Layout, default: Layout) -> Layout:
     """The layout a component works in: its own, or ``default`` for layout-agnostic ("any") ones."""
     return default if wanted == "any" else wanted
+
+
+Site = Literal["channels_first", "channels_last", "vector"]
+"""Where a nested component runs: a (B, C, H, W) map, a (B, H, W, C) map, or a pooled (B, C) vector."""
+
+
+class Relayout(nn.Module):
+    """Runs ``inner`` in its own layout inside a tensor of another (a BatchNorm in Swin's channels-last patch merging,
+    a BatchNorm or GRN on a head's pooled vector, seen as a 1x1 map); the inner module keeps its own weights."""
+
+    def __init__(self, inner: nn.Module, *, site: Site, inner_layout: Layout) -> None:
+        super().__init__()
+        self.inner, self.site, self.inner_layout = inner, site, inner_layout
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.site == "vector":  # (B, C) -> a 1x1 map in the inner layout -> (B, C)
+            x = x[:, :, None, None] if self.inner_layout == "channels_first" else x[:, None, None, :]
+            return self.inner(x).flatten(1)
+        return to_layout(self.inner(to_layout(x, self.site, self.inner_layout)), self.inner_layout, self.site)
+
+
+def build_at(component: Component, dim: int, site: Site, *, resolution: tuple[int, int] | None = None) -> nn.Module:
+    """Build a nested component (a norm in a stem, downsample or head) for the tensor it will really see.
+
+    A layout-agnostic component is built for the site; one with a fixed layout, or one that needs a map where the site
+    is a vector (``takes_vector`` False), is wrapped in a Relayout. Norms that fit their site are built as they are,
+    so their state_dict names do not change.
+    """
+    own = type(component).layout
+    if site == "vector":
+        if type(component).takes_vector:
+            return component.build(Context(dim, resolution=resolution, layout="channels_last" if own == "any" else own))
+        inner = "channels_last" if own == "any" else own
+        return Relayout(component.build(Context(dim, resolution=resolution, layout=inner)), site=site, inner_layout=inner)
+    if own in ("any", site):
+        return component.build(Context(dim, resolution=resolution, layout=site))
+    return Relayout(component.build(Context(dim, resolution=resolution, layout=own)), site=site, inner_layout=own)

@@ -17,52 +17,14 @@ from torch.utils.checkpoint import checkpoint
 
 from metablocks.blocks import Block, BlockConfig
 from metablocks.layout import permutation
-from metablocks.recipe.errors import Problem, RecipeError, component_problems
+from metablocks.recipe.checks import check_recipe, stem_channels  # noqa: F401  (check_recipe: re-exported)
+from metablocks.recipe.errors import RecipeError, component_problems
 from metablocks.recipe.loader import load_recipe
 from metablocks.recipe.schema import Recipe, StageConfig
-from metablocks.recipe.yaml_io import where_of
 from metablocks.registry import Component, Context, Layout
 
 if TYPE_CHECKING:
     from metablocks.features import FeatureExtractor
-
-
-def check_recipe(recipe: Recipe, img_size: tuple[int, int] | None = None) -> None:
-    """Check every component against the dims and map sizes it will see; raise RecipeError listing all problems."""
-    raw = recipe._raw
-    resolution = img_size or recipe.img_size
-    dim = stem_channels(recipe)
-    stem_ctx = Context(recipe.in_chans, out_dim=dim, resolution=resolution)
-    problems = component_problems(recipe.stem, stem_ctx, ("stem",), raw)
-    resolution = recipe.stem.out_resolution(resolution)
-    for i, stage in enumerate(recipe.stages):
-        if stage.downsample is not None:
-            ctx = Context(dim, out_dim=stage.dim, resolution=resolution, stage=i)
-            problems += component_problems(stage.downsample, ctx, ("stages", i, "downsample"), raw)
-            resolution = stage.downsample.out_resolution(resolution)
-        elif stage.dim != dim:
-            where, path = where_of(raw, ("stages", i, "dim"))
-            problems.append(Problem(where.file if where else None, where.line if where else None, path or f"stages[{i}].dim",
-                                    f"stage {i} changes the width from {dim} to {stage.dim} but has no downsample"))
-        if min(resolution) < 1:
-            break  # the downsample's own problem says why
-        ctx = Context(stage.dim, resolution=resolution, stage=i)
-        problems += component_problems(stage.norm, ctx, ("stages", i, "norm"), raw)
-        for slot in ("token_mixer", "channel_mixer"):
-            cycle = getattr(stage, slot)
-            for k, component in enumerate(cycle):
-                loc = ("stages", i, slot) + ((k,) if len(cycle) > 1 else ())
-                problems += component_problems(component, ctx, loc, raw)
-        dim = stage.dim
-    problems += component_problems(recipe.head, Context(dim, out_dim=recipe.num_classes), ("head",), raw)
-    unique = list(dict.fromkeys(problems))
-    if unique:
-        raise RecipeError(unique)
-
-
-def stem_channels(recipe: Recipe) -> int:
-    """Channels out of the stem: the first stage's width, unless the stem fixes its own (ResNet: 64 into a 256-wide stage)."""
-    return recipe.stem.out_dim(recipe.stages[0].dim)
 
 
 class Stage(nn.Module):
@@ -127,7 +89,7 @@ class MetaModel(nn.Module):
             self.feature_info.append(dict(num_chs=dim, reduction=round(reduction), module=f"stages.{i}"))
         self.stages = nn.Sequential(*stages)
         self.num_features = dim
-        self.head = recipe.head.build(Context(dim, out_dim=recipe.num_classes))
+        self.head = recipe.head.build(Context(dim, out_dim=recipe.num_classes, resolution=resolution))
         self.fixed_resolution = any(getattr(type(c), "fixed_resolution", False)
                                     for s in recipe.stages for c in (*s.token_mixer, *s.channel_mixer))
         self.apply(_init_weights)

@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import functools
 import inspect
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError, core_schema
 from torch import nn
 
@@ -43,12 +53,25 @@ class Component(BaseModel):
     (semantic constraints, reported before any tensor is allocated) and ``build``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # floats are finite everywhere (``.nan``/``.inf`` in a recipe are errors); see ``_no_bool_numbers`` for ints
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     kind: ClassVar[str]
     name: ClassVar[str]
     module: ClassVar[Callable[..., nn.Module]]
     layout: ClassVar[Layout] = "any"
+    takes_vector: ClassVar[bool] = False  # works on a pooled (B, C) vector as it is (LayerNorm); else shown a 1x1 map
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        """``true`` is not 1: a boolean given for a field that takes no boolean is an error (pydantic would coerce it)."""
+        if isinstance(data, dict):
+            for name in _numeric_fields(cls):
+                if isinstance(data.get(name), bool):
+                    raise PydanticCustomError("bool_number", "{field} takes a number, given the boolean {given}",
+                                              {"field": name, "given": str(data[name]).lower()})
+        return data
 
     def kwargs(self) -> dict[str, Any]:
         """The module's keyword arguments: every field but ``type``, nested configs kept as configs."""
@@ -62,6 +85,18 @@ class Component(BaseModel):
         """Constraint violations for this component at ``ctx`` (empty when it fits)."""
         return []
 
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        """The components inside this one, each with its place (field path) and the context it is built in, so the
+        builder checks them too. Default: every component-valued field, in this component's own context; a component
+        that builds a nested one for other channels or another layout (a stem's norm on its output, a head's norm on
+        the pooled vector) says so here."""
+        found = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, Component):
+                found.append(((name,), value, ctx))
+        return found
+
     def out_dim(self, dim: int) -> int:
         """Channels out of the module when ``dim`` are asked for (a stem is asked for the first stage's width; one that
         fixes its own, like ResNet's 64-channel stem, returns that instead)."""
@@ -74,6 +109,24 @@ class Component(BaseModel):
     def build(self, ctx: Context) -> nn.Module:
         extra = {"channels_last": ctx.channels_last} if type(self).layout == "any" and _takes(self.module, "channels_last") else {}
         return self.module(ctx.dim, **self.kwargs(), **extra)
+
+
+@functools.lru_cache(maxsize=None)
+def _numeric_fields(cls: type[BaseModel]) -> tuple[str, ...]:
+    """Fields of ``cls`` that take an int or a float and no bool."""
+    def kinds(annotation: Any) -> set[Any]:
+        if typing.get_origin(annotation) is typing.Annotated:
+            return kinds(typing.get_args(annotation)[0])
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+            return set().union(*(kinds(a) for a in typing.get_args(annotation)))
+        return {annotation}
+
+    found = []
+    for name, field in cls.model_fields.items():
+        accepted = kinds(field.annotation)
+        if accepted & {int, float} and bool not in accepted:
+            found.append(name)
+    return tuple(found)
 
 
 @functools.lru_cache(maxsize=None)  # called for every component built; inspect.signature is slow

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import inspect
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metablocks.fields import Scale
 from metablocks.registry import Component, Context, register
 
 
@@ -29,7 +31,7 @@ def inplace_act(act: Component) -> nn.Module:
 
 
 class GeluConfig(Activation):
-    approximate: str = "none"
+    approximate: Literal["none", "tanh"] = "none"
 
 
 @register("act", "gelu", config=GeluConfig)
@@ -61,8 +63,8 @@ class SquaredReLU(nn.Module):
 
 
 class StarReluConfig(Activation):
-    scale_value: float = 1.0
-    bias_value: float = 0.0
+    scale_value: Scale = 1.0
+    bias_value: Scale = 0.0
     learnable: bool = True
 
 

@@ -2,7 +2,7 @@
 (e.g. RepLKNet, Ding et al., "Scaling Up Your Kernels to 31x31", CVPR 2022; UniRepLKNet, Ding et al., CVPR 2024)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,18 +10,19 @@ from torch import Tensor, nn
 
 from metablocks.components.conv_arith import conv_out
 from metablocks.components.reparam import fold_bn_into_conv
+from metablocks.fields import Kernel, Padding, Ratio, Stride
 from metablocks.registry import Component, Context, Ref, register
 
 
 class ConvLayer(BaseModel):
     """One conv -> norm -> act layer of a stack; its width is a fraction of the stack's output channels."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    kernel_size: int = Field(3, ge=1)
-    stride: int = Field(1, ge=1)
-    padding: int | None = None  # None: kernel_size // 2
-    width: float = Field(1.0, gt=0)  # output channels = int(width * out_dim)
+    kernel_size: Kernel = 3
+    stride: Stride = 1
+    padding: Padding | None = None  # None: kernel_size // 2
+    width: Ratio = 1.0  # output channels = int(width * out_dim)
     depthwise: bool = False  # one filter per channel (needs as many channels in as out)
     bias: bool = True
     norm: Annotated[Component, Ref("norm")] | None = None
@@ -34,7 +35,7 @@ class ConvLayer(BaseModel):
 
 class ConvStackConfig(Component):
     layout = "channels_first"
-    layers: list[ConvLayer] = Field(min_length=1)
+    layers: list[ConvLayer] = Field(min_length=1, max_length=64)
 
     def out_resolution(self, resolution: tuple[int, int]) -> tuple[int, int]:
         for layer in self.layers:
@@ -44,6 +45,12 @@ class ConvStackConfig(Component):
     def widths(self, out_dim: int) -> list[int]:
         """Channels out of each layer."""
         return [int(layer.width * out_dim) for layer in self.layers]
+
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        widths = self.widths(ctx.out_dim if ctx.out_dim is not None else ctx.dim)
+        return [(("layers", i, slot), getattr(layer, slot), Context(max(width, 1)))
+                for i, (layer, width) in enumerate(zip(self.layers, widths)) for slot in ("norm", "act")
+                if getattr(layer, slot) is not None]
 
     def check(self, ctx: Context) -> list[str]:
         errors = []

@@ -13,12 +13,13 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from metablocks.fields import Kernel
 from metablocks.registry import Component, Context, register
 
 
 class CrossScaleEmbedConfig(Component):
     layout = "channels_first"
-    kernels: list[int] = Field([4, 8], min_length=1)  # the first (smallest) is the stride: RaftMLP [4, 8], then [2, 4]
+    kernels: list[Kernel] = Field([4, 8], min_length=1, max_length=8)  # the first (smallest) is the stride: RaftMLP [4, 8], then [2, 4]
 
     @property
     def stride(self) -> int:

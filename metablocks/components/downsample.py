@@ -1,19 +1,20 @@
 """Downsamplers (kind ``downsample``): between stages, (B, C_in, H, W) -> (B, C_out, H/s, W/s)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from torch import Tensor, nn
 
 from metablocks.components.conv_arith import conv_out
+from metablocks.fields import Kernel, Padding, Stride
 from metablocks.registry import Component, Context, Ref, register
 
 
 class ConvDownsampleConfig(Component):
     layout = "channels_first"
-    kernel_size: int = 3
-    stride: int = 2
-    padding: int = 1
+    kernel_size: Kernel = 3
+    stride: Stride = 2
+    padding: Padding = 1
     bias: bool = True
     norm: Annotated[Component, Ref("norm")] | None = None
     norm_first: bool = True  # normalize the input (MetaFormer) rather than the output
@@ -26,6 +27,14 @@ class ConvDownsampleConfig(Component):
             return [f"a {ctx.resolution[0]}x{ctx.resolution[1]} map is too small for a {self.kernel_size}x{self.kernel_size} "
                     f"stride-{self.stride} downsample"]
         return []
+
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        if self.norm is None:
+            return []
+        if self.norm_first:
+            return [(("norm",), self.norm, Context(ctx.dim, resolution=ctx.resolution))]
+        res = self.out_resolution(ctx.resolution) if ctx.resolution else None
+        return [(("norm",), self.norm, Context(ctx.out_dim or ctx.dim, resolution=res))]
 
     def build(self, ctx: Context) -> nn.Module:
         assert ctx.out_dim is not None, "a downsample needs the stage's dim"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metablocks.fields import Eps
 from metablocks.registry import Component, register
 
 
 class GrnConfig(Component):
     bias: bool = True
-    eps: float = 1e-6
+    eps: Eps = 1e-6
 
 
 @register("norm", "grn", config=GrnConfig)

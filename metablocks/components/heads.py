@@ -1,10 +1,12 @@
 """Classification heads (kind ``head``): (B, C, H, W) -> global pool -> norm -> dropout -> classifier."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from torch import Tensor, nn
 
+from metablocks.fields import Probability, Ratio
+from metablocks.layout import build_at
 from metablocks.registry import Component, Context, Ref, register
 
 
@@ -15,8 +17,8 @@ class PoolHead(nn.Module):
                  norm_first: bool = False, drop_rate: float = 0.0) -> None:
         super().__init__()
         self.dim, self.pool, self.norm_first = dim, pool, norm_first
-        layout = "channels_first" if norm_first else "channels_last"
-        self.norm = norm.build(Context(dim, layout=layout)) if norm else nn.Identity()
+        # before pooling on the (B, C, H, W) map, or after it on the (B, C) vector
+        self.norm = build_at(norm, dim, "channels_first" if norm_first else "vector") if norm else nn.Identity()
         self.drop = nn.Dropout(drop_rate)
         self.fc = self.classifier(num_classes)
 
@@ -41,7 +43,10 @@ class LinearHeadConfig(Component):
     pool: Literal["avg", "max"] = "avg"
     norm: Annotated[Component, Ref("norm")] | None = None
     norm_first: bool = False  # normalize the (B, C, H, W) map before pooling instead of the pooled vector
-    drop_rate: float = 0.0
+    drop_rate: Probability = 0.0
+
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        return [(("norm",), self.norm, Context(ctx.dim, layout="channels_last"))] if self.norm else []
 
     def build(self, ctx: Context) -> nn.Module:
         return self.module(ctx.dim, ctx.out_dim, **self.kwargs())
@@ -62,7 +67,7 @@ class MlpClassifier(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = act.build(Context(hidden))
-        self.norm = norm.build(Context(hidden, layout="channels_last")) if norm else nn.Identity()
+        self.norm = build_at(norm, hidden, "vector") if norm else nn.Identity()
         self.fc2 = nn.Linear(hidden, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -70,9 +75,18 @@ class MlpClassifier(nn.Module):
 
 
 class MlpHeadConfig(LinearHeadConfig):
-    ratio: float = 4.0
+    ratio: Ratio = 4.0
     act: Annotated[Component, Ref("act")] = "squared_relu"
     hidden_norm: Annotated[Component, Ref("norm")] | None = "layernorm"
+
+    def check(self, ctx: Context) -> list[str]:
+        return [] if int(self.ratio * ctx.dim) >= 1 else [f"ratio={self.ratio} gives no hidden unit at dim={ctx.dim}"]
+
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        found = super().nested(ctx)
+        if self.hidden_norm is not None:
+            found.append((("hidden_norm",), self.hidden_norm, Context(int(self.ratio * ctx.dim), layout="channels_last")))
+        return found
 
 
 @register("head", "mlp", config=MlpHeadConfig)

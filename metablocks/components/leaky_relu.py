@@ -6,11 +6,12 @@ from pydantic import Field
 from torch import nn
 
 from metablocks.components.acts import Activation
+from metablocks.fields import MAX_SCALE
 from metablocks.registry import register
 
 
 class LeakyReluConfig(Activation):
-    negative_slope: float = Field(0.01, ge=0.0)
+    negative_slope: float = Field(0.01, ge=0.0, le=MAX_SCALE)
 
 
 @register("act", "leaky_relu", config=LeakyReluConfig)

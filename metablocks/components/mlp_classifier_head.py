@@ -1,23 +1,28 @@
 """MLP classifier head: pool -> fc1 -> act -> norm -> drop -> fc (Yu et al., "InceptionNeXt: When Inception Meets ConvNeXt", CVPR 2024)."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from torch import Tensor, nn
 
+from metablocks.fields import Probability, Ratio
+from metablocks.layout import build_at
 from metablocks.registry import Component, Context, Ref, register
 
 
 class MlpClassifierHeadConfig(Component):
     pool: Literal["avg", "max"] = "avg"
-    ratio: float = 3.0  # hidden width = int(ratio * dim)
+    ratio: Ratio = 3.0  # hidden width = int(ratio * dim)
     act: Annotated[Component, Ref("act")] = "gelu"
     norm: Annotated[Component, Ref("norm")] | None = "layernorm"  # on the hidden vector, after the activation
-    drop_rate: float = 0.0  # before the classifier, after the norm
+    drop_rate: Probability = 0.0  # before the classifier, after the norm
     bias: bool = True
 
     def check(self, ctx: Context) -> list[str]:
         return [] if int(self.ratio * ctx.dim) >= 1 else [f"ratio={self.ratio} gives no hidden unit at dim={ctx.dim}"]
+
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        return [(("norm",), self.norm, Context(int(self.ratio * ctx.dim), layout="channels_last"))] if self.norm else []
 
     def build(self, ctx: Context) -> nn.Module:
         return self.module(ctx.dim, ctx.out_dim, **self.kwargs())
@@ -38,7 +43,7 @@ class MlpClassifierHead(nn.Module):
         self.num_features = int(ratio * dim)
         self.fc1 = nn.Linear(dim, self.num_features, bias=bias)
         self.act = act.build()
-        self.norm = norm.build(Context(self.num_features, layout="channels_last")) if norm else nn.Identity()
+        self.norm = build_at(norm, self.num_features, "vector") if norm else nn.Identity()
         self.drop = nn.Dropout(drop_rate)
         self.reset(num_classes)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metablocks.fields import Eps, Groups, Momentum
 from metablocks.registry import Component, Context, register
 
 
 class LayerNormConfig(Component):
+    takes_vector = True
     bias: bool = True
-    eps: float = 1e-6
+    eps: Eps = 1e-6
 
 
 @register("norm", "layernorm", config=LayerNormConfig)
@@ -32,9 +34,10 @@ class LayerNorm(nn.LayerNorm):
 
 class GroupNormConfig(Component):
     layout = "channels_first"
-    num_groups: int = 1
+    takes_vector = True  # nn.GroupNorm takes (B, C)
+    num_groups: Groups = 1
     bias: bool = True
-    eps: float = 1e-5
+    eps: Eps = 1e-5
 
     def check(self, ctx: Context) -> list[str]:
         if ctx.dim % self.num_groups:
@@ -54,8 +57,8 @@ class GroupNorm(nn.GroupNorm):
 
 class BatchNormConfig(Component):
     layout = "channels_first"
-    eps: float = 1e-5
-    momentum: float = 0.1
+    eps: Eps = 1e-5
+    momentum: Momentum = 0.1
 
 
 @register("norm", "batchnorm", config=BatchNormConfig)

@@ -2,12 +2,13 @@
 Transformer: Hierarchical Vision Transformer using Shifted Windows", ICCV 2021)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from metablocks.layout import build_at
 from metablocks.registry import Component, Context, Ref, register
 
 
@@ -24,9 +25,13 @@ class PatchMergingConfig(Component):
             return [f"a {ctx.resolution[0]}x{ctx.resolution[1]} map is too small to merge 2x2 patches"]
         return []
 
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        res = self.out_resolution(ctx.resolution) if ctx.resolution else None
+        return [(("norm",), self.norm, Context(4 * ctx.dim, resolution=res, layout="channels_last"))] if self.norm else []
+
     def build(self, ctx: Context) -> nn.Module:
         assert ctx.out_dim is not None, "a downsample needs the stage's dim"
-        norm = self.norm.build(Context(4 * ctx.dim, layout="channels_last")) if self.norm else None
+        norm = build_at(self.norm, 4 * ctx.dim, "channels_last") if self.norm else None  # on the (B, H/2, W/2, 4C) map
         return PatchMerging(ctx.dim, ctx.out_dim, norm=norm, bias=self.bias)
 
 

@@ -16,32 +16,38 @@ The official norm + activation is InPlaceABNSync, BatchNorm followed by leaky Re
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
+from metablocks.fields import Probability, Width
+from metablocks.layout import build_at
 from metablocks.registry import Component, Context, Ref, register
 
 
 class RCCAHeadConfig(Component):
     layout = "channels_first"
-    reduction: int = Field(4, ge=1)  # conva/convb width: dim // reduction (official: in_channels // 4)
-    hidden_dim: int = Field(512, ge=1)  # the bottleneck conv's width (official out_channels = 512)
+    reduction: Width = 4  # conva/convb width: dim // reduction (official: in_channels // 4)
+    hidden_dim: Width = 512  # the bottleneck conv's width (official out_channels = 512)
     attention: Annotated[Component, Ref("token_mixer")] = {"type": "criss_cross", "recurrence": 2, "residual": True}
     norm: Annotated[Component, Ref("norm")] = "batchnorm"
     act: Annotated[Component, Ref("act")] = {"type": "leaky_relu", "negative_slope": 0.01}
-    drop_rate: float = Field(0.1, ge=0.0, lt=1.0)  # Dropout2d before the classifier
+    drop_rate: Probability = 0.1  # Dropout2d before the classifier
 
     def check(self, ctx: Context) -> list[str]:
         inter = ctx.dim // self.reduction
         if inter < 1:
             return [f"reduction={self.reduction} leaves no channels for dim={ctx.dim}"]
-        return [f"attention: {e}" for e in self.attention.check(Context(inter, resolution=ctx.resolution))]
+        return []
+
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        inter = max(ctx.dim // self.reduction, 1)
+        return [(("attention",), self.attention, Context(inter, resolution=ctx.resolution)),
+                *((("norm",), self.norm, Context(width)) for width in dict.fromkeys([inter, self.hidden_dim]))]
 
     def build(self, ctx: Context) -> nn.Module:
-        return self.module(ctx.dim, ctx.out_dim if ctx.out_dim is not None else 0, **self.kwargs())
+        return self.module(ctx.dim, ctx.out_dim if ctx.out_dim is not None else 0, resolution=ctx.resolution, **self.kwargs())
 
 
 def _conv_norm_act(in_dim: int, out_dim: int, norm: Component, act: Component) -> nn.Sequential:
@@ -57,12 +63,12 @@ class RCCAHead(nn.Module):
     """
 
     def __init__(self, dim: int, num_classes: int, *, reduction: int = 4, hidden_dim: int = 512, attention: Component,
-                 norm: Component, act: Component, drop_rate: float = 0.1) -> None:
+                 norm: Component, act: Component, drop_rate: float = 0.1, resolution: tuple[int, int] | None = None) -> None:
         super().__init__()
         inter = dim // reduction
         self.hidden_dim = hidden_dim
         self.conva = _conv_norm_act(dim, inter, norm, act)
-        self.cca = attention.build(Context(inter))
+        self.cca = build_at(attention, inter, "channels_first", resolution=resolution)  # any token mixer, in its layout
         self.convb = _conv_norm_act(inter, inter, norm, act)
         self.bottleneck = nn.Sequential(*_conv_norm_act(dim + inter, hidden_dim, norm, act), nn.Dropout2d(drop_rate))
         self.fc = self.classifier(num_classes)

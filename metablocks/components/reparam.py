@@ -14,7 +14,6 @@ import torch
 from torch import Tensor, nn
 
 
-
 def fuse_conv_bn(weight: Tensor, bias: Tensor | None, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
     """(weight, bias) of one conv equal to conv(weight, bias) -> BN in eval mode.
 

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import inspect
 from collections import OrderedDict
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field
 from torch import Tensor, nn
 
 from metablocks.blocks import overwritable
 from metablocks.components.acts import inplace_act
 from metablocks.components.conv_arith import conv_out
+from metablocks.fields import Stride
 from metablocks.registry import Component, Context, Ref, register
 
 
 class ResidualDownsampleConfig(Component):
     layout = "channels_first"
-    stride: int = Field(2, ge=1)  # on the branch (ResNet: its 3x3 conv) and the projection shortcut
+    stride: Stride = 2  # on the branch (ResNet: its 3x3 conv) and the projection shortcut
     token_mixer: Annotated[Component, Ref("token_mixer")] = "bottleneck"  # the branch; needs in_dim and stride
     norm: Annotated[Component, Ref("norm")] = "batchnorm"  # of the projection shortcut
     post_act: Annotated[Component, Ref("act")] | None = "relu"  # after the sum
@@ -31,15 +31,19 @@ class ResidualDownsampleConfig(Component):
     def out_resolution(self, resolution: tuple[int, int]) -> tuple[int, int]:
         return conv_out(resolution, 1, self.stride, 0)  # the 1x1 stride-s projection; the 3x3 (padding 1) agrees
 
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        out_dim = ctx.out_dim if ctx.out_dim is not None else ctx.dim
+        found = [(("token_mixer",), self.token_mixer, Context(out_dim, resolution=ctx.resolution, stage=ctx.stage))]
+        if self.stride != 1 or ctx.dim != out_dim:
+            found.append((("norm",), self.norm, Context(out_dim)))
+        return found
+
     def check(self, ctx: Context) -> list[str]:
         errors = []
         params = inspect.signature(self.token_mixer.module).parameters
         if not {"in_dim", "stride"} <= set(params):
             errors.append(f"token_mixer {self.token_mixer.name!r} cannot be the branch of a residual downsample: its module "
                           f"takes no in_dim/stride arguments (use one that does, e.g. 'bottleneck')")
-        out_dim = ctx.out_dim if ctx.out_dim is not None else ctx.dim
-        errors += [f"token_mixer: {e}" for e in self.token_mixer.check(Context(out_dim, resolution=ctx.resolution,
-                                                                                stage=ctx.stage))]
         if ctx.resolution and min(self.out_resolution(ctx.resolution)) < 1:
             errors.append(f"a {ctx.resolution[0]}x{ctx.resolution[1]} map is too small for stride {self.stride}")
         return errors

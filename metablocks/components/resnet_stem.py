@@ -4,13 +4,14 @@ Classification with Convolutional Neural Networks", CVPR 2019, and the PSPNet/CC
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 from torch import Tensor, nn
 
 from metablocks.components.acts import inplace_act
 from metablocks.components.conv_arith import conv_out
+from metablocks.fields import Kernel, Width
 from metablocks.registry import Component, Context, Ref, register
 
 
@@ -24,8 +25,8 @@ def maxpool_out(size: int, ceil_mode: bool) -> int:
 
 class ResNetStemConfig(Component):
     layout = "channels_first"
-    channels: list[int] = Field([64], min_length=1)  # one conv (ResNet: 7x7, 64) or a deep stem (CCNet: 64, 64, 128)
-    kernel_size: int | None = Field(None, ge=1)  # None: 7 for one conv, 3 for a deep stem; the first conv has stride 2
+    channels: list[Width] = Field([64], min_length=1, max_length=16)  # one conv (ResNet: 7x7, 64) or a deep stem (CCNet: 64, 64, 128)
+    kernel_size: Kernel | None = None  # None: 7 for one conv, 3 for a deep stem; the first conv has stride 2
     norm: Annotated[Component, Ref("norm")] = "batchnorm"
     act: Annotated[Component, Ref("act")] = "relu"
     pool: bool = True  # the 3x3 stride-2 max pool
@@ -43,6 +44,9 @@ class ResNetStemConfig(Component):
         if self.pool:
             resolution = tuple(maxpool_out(r, self.ceil_mode) for r in resolution)  # type: ignore[assignment]
         return resolution
+
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        return [(("norm",), self.norm, Context(width)) for width in dict.fromkeys(self.channels)]
 
     def check(self, ctx: Context) -> list[str]:
         errors = [] if self.kernel % 2 else [f"kernel_size must be odd to keep the map centred, got {self.kernel}"]

@@ -1,19 +1,20 @@
 """Stems (kind ``stem``): image (B, 3, H, W) -> first feature map (B, dim, H/s, W/s)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from torch import Tensor, nn
 
 from metablocks.components.conv_arith import conv_out
+from metablocks.fields import Kernel, Padding, Stride
 from metablocks.registry import Component, Context, Ref, register
 
 
 class ConvStemConfig(Component):
     layout = "channels_first"
-    kernel_size: int = 7
-    stride: int = 4
-    padding: int = 2
+    kernel_size: Kernel = 7
+    stride: Stride = 4
+    padding: Padding = 2
     bias: bool = True
     norm: Annotated[Component, Ref("norm")] | None = None
 
@@ -25,6 +26,11 @@ class ConvStemConfig(Component):
             return [f"input {ctx.resolution[0]}x{ctx.resolution[1]} is too small for a {self.kernel_size}x{self.kernel_size} "
                     f"stride-{self.stride} stem"]
         return []
+
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        out = ctx.out_dim if ctx.out_dim is not None else ctx.dim
+        res = self.out_resolution(ctx.resolution) if ctx.resolution else None
+        return [(("norm",), self.norm, Context(out, resolution=res))] if self.norm else []
 
     def build(self, ctx: Context) -> nn.Module:
         assert ctx.out_dim is not None, "a stem needs the first stage's dim"

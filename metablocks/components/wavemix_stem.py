@@ -3,23 +3,26 @@ then GELU and BatchNorm (Jeevan & Sethi, "WaveMix: A Resource-efficient Neural N
 the official ``wavemix.classification.WaveMix`` with ``initial_conv='pachify'``)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field
 from torch import Tensor, nn
 
 from metablocks.components.conv_arith import conv_out
+from metablocks.fields import Stride
 from metablocks.registry import Component, Context, Ref, register
 
 
 class WaveMixStemConfig(Component):
     layout = "channels_first"
-    patch_size: int = Field(4, ge=1)  # kernel and stride of the patch conv
+    patch_size: Stride = 4  # kernel and stride of the patch conv
     act: Annotated[Component, Ref("act")] = "gelu"
     norm: Annotated[Component, Ref("norm")] = "batchnorm"
 
     def out_resolution(self, resolution: tuple[int, int]) -> tuple[int, int]:
         return conv_out(resolution, self.patch_size, self.patch_size, 0)  # the 3x3 convs (padding 1) keep the size
+
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        return [(("norm",), self.norm, Context(ctx.out_dim if ctx.out_dim is not None else ctx.dim))]
 
     def check(self, ctx: Context) -> list[str]:
         errors = []

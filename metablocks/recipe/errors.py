@@ -127,17 +127,33 @@ def validate(model: type[BaseModel], raw: Any, source: str = "<python>") -> Any:
         raise RecipeError(problems_from(err.errors(include_url=False), raw, model)) from None
 
 
-def component_problems(component: Component | None, ctx: Context, loc: tuple[Any, ...], raw: Any) -> list[Problem]:
-    """A component's own ``check`` at ``ctx``, as Problems placed at ``loc`` in ``raw``."""
+def component_problems(component: Component | None, ctx: Context, loc: tuple[Any, ...], raw: Any,
+                       dim_at: tuple[Any, ...] | None = None) -> list[Problem]:
+    """A component's own ``check`` at ``ctx``, and those of the components nested in it (``Component.nested``), as
+    Problems placed at ``loc`` in ``raw``. ``dim_at`` is where ``ctx.dim`` was written: a problem found in another
+    file than that names both places. A check that raises is reported as that component's problem, not raised."""
     from metablocks.recipe.yaml_io import where_of
 
     if component is None:
         return []
+    try:
+        messages = list(component.check(ctx))
+        nested = list(component.nested(ctx))
+    except Exception as err:  # a bug in a (user's) component: still a located error, never a traceback
+        messages, nested = [f"its check failed ({type(err).__name__}: {err}); the component's check() has a bug"], []
     problems = []
-    for message in component.check(ctx):
-        where, path = where_of(raw, loc)
+    where, path = where_of(raw, loc)
+    origin = ""
+    if dim_at is not None and messages:
+        dim_where, dim_path = where_of(raw, dim_at)
+        if (dim_where is not None and where is not None and dim_where.file != where.file and dim_where.line
+                and not dim_where.file.startswith("<")):
+            origin = f" [dim={ctx.dim} is set at {dim_where.file}:{dim_where.line} {dim_where.path or dim_path}]"
+    for message in messages:
         problems.append(Problem(where.file if where else None, where.line if where else None, path or ".".join(map(str, loc)),
-                                f"{component.kind} {component.name!r}: {message}", where.path if where else None))
+                                f"{component.kind} {component.name!r}: {message}{origin}", where.path if where else None))
+    for sub_loc, sub, sub_ctx in nested:
+        problems += component_problems(sub, sub_ctx, loc + tuple(sub_loc), raw)
     return problems
 
 

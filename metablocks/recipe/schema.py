@@ -11,10 +11,11 @@ import json
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, WrapSerializer,
-                      field_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, Strict,
+                      WrapSerializer, field_validator)
 
 from metablocks.blocks import BlockConfig
+from metablocks.fields import MAX_CLASSES, MAX_IMG_SIZE, Probability, Width
 from metablocks.registry import Component, Ref
 
 
@@ -34,6 +35,10 @@ class _OneOrList:
         listed = handler(schema)
         return {"anyOf": [listed["items"], listed]}
 
+
+MAX_STAGES = 256
+MAX_DEPTH = 10_000  # blocks in one stage (the deepest published stages have ~50)
+ImgSide = Annotated[int, Strict(), Field(ge=1, le=MAX_IMG_SIZE)]
 
 T = TypeVar("T")
 Cycle = Annotated[list[T], BeforeValidator(_as_list), WrapSerializer(_unwrap_single), Field(min_length=1), _OneOrList()]
@@ -61,8 +66,8 @@ class Paper(BaseModel):
 class StageConfig(BlockConfig):
     """One stage: an optional downsample, then ``depth`` blocks of width ``dim``."""
 
-    depth: int = Field(ge=1)
-    dim: int = Field(ge=1)
+    depth: Annotated[int, Strict(), Field(ge=1, le=MAX_DEPTH)]
+    dim: Width
     downsample: Annotated[Component, Ref("downsample")] | None = None
     token_mixer: Cycle[Annotated[Component, Ref("token_mixer")]] = ["pooling"]  # type: ignore[assignment]
     channel_mixer: Cycle[Annotated[Component, Ref("channel_mixer")] | None] = ["mlp"]  # type: ignore[assignment]
@@ -78,18 +83,18 @@ class StageConfig(BlockConfig):
 class Recipe(BaseModel):
     """An architecture: stem -> stages -> head, every default filled in."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
     name: str
     description: str | None = None
     paper: Paper = Paper()
     timm_name: str | None = None  # the timm model this recipe reproduces, weight for weight
-    in_chans: int = Field(3, ge=1)
-    img_size: tuple[int, int] = (224, 224)
-    num_classes: int = Field(1000, ge=0)
-    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    in_chans: Width = 3
+    img_size: tuple[ImgSide, ImgSide] = (224, 224)
+    num_classes: Annotated[int, Strict(), Field(ge=0, le=MAX_CLASSES)] = 1000
+    drop_path_rate: Probability = 0.0
     stem: Annotated[Component, Ref("stem")]
-    stages: list[StageConfig] = Field(min_length=1)
+    stages: list[StageConfig] = Field(min_length=1, max_length=MAX_STAGES)
     head: Annotated[Component, Ref("head")] = "linear"
 
     _raw: Any = PrivateAttr(default=None)  # the merged YAML with positions, for errors found later

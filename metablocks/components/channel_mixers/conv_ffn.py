@@ -5,17 +5,20 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from metablocks.components.reparam import ConvBN
-from metablocks.registry import Component, Ref, register
+from metablocks.fields import Ratio, width_problems
+from metablocks.registry import Component, Context, Ref, register
 
 
 class ConvFfnConfig(Component):
     layout = "channels_first"
-    ratio: float = Field(4.0, gt=0)
+    ratio: Ratio = 4.0
     act: Annotated[Component, Ref("act")] = "gelu"
+
+    def check(self, ctx: Context) -> list[str]:
+        return width_problems(self.ratio, ctx.dim)
 
 
 @register("channel_mixer", "conv_ffn", config=ConvFfnConfig)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
 from torch import Tensor, nn
 
+from metablocks.fields import Kernel, Probability, Ratio
 from metablocks.registry import Component, Context, Ref, register
 
 
@@ -21,11 +21,11 @@ class ConvGluConfig(Component):
     """
 
     layout = "channels_last"
-    ratio: float = Field(4.0, gt=0)
-    kernel_size: int = 3
+    ratio: Ratio = 4.0
+    kernel_size: Kernel = 3
     act: Annotated[Component, Ref("act")] = "gelu"
     bias: bool = True
-    drop: float = 0.0
+    drop: Probability = 0.0
 
     def check(self, ctx: Context) -> list[str]:
         errors = []

@@ -4,27 +4,35 @@ ConvNeXt V2's FFN (Woo et al., "ConvNeXt V2", CVPR 2023) and UniRepLKNet's SE + 
 Recognition", CVPR 2024)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from metablocks.components.grn import GRN
 from metablocks.components.reparam import absorb_into_conv, fuse_conv_bn
 from metablocks.components.squeeze_excite import SqueezeExcite
+from metablocks.fields import Ratio
 from metablocks.registry import Component, Context, Ref, register
 
 
 class GrnMlpConfig(Component):
     layout = "channels_first"
-    ratio: float = 4.0
+    ratio: Ratio = 4.0
     act: Annotated[Component, Ref("act")] = "gelu"
     hidden_norm: Annotated[Component, Ref("norm")] | None = "grn"  # on the hidden layer, after the activation
     bias: bool = True  # fc1's bias
     out_bias: bool = True  # fc2's bias (UniRepLKNet: false, a BatchNorm follows)
     out_norm: Annotated[Component, Ref("norm")] | None = None  # after fc2 (UniRepLKNet: batchnorm)
-    se_ratio: float | None = Field(default=None, gt=0)  # squeeze-excite the input first, hidden = int(se_ratio * dim)
+    se_ratio: Ratio | None = None  # squeeze-excite the input first, hidden = int(se_ratio * dim)
+
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        found = []
+        if self.hidden_norm is not None:
+            found.append((("hidden_norm",), self.hidden_norm, Context(max(int(self.ratio * ctx.dim), 1))))
+        if self.out_norm is not None:
+            found.append((("out_norm",), self.out_norm, Context(ctx.dim)))
+        return found
 
     def check(self, ctx: Context) -> list[str]:
         errors = []

@@ -5,14 +5,18 @@ from typing import Annotated
 
 from torch import Tensor, nn
 
-from metablocks.registry import Component, Ref, register
+from metablocks.fields import Probability, Ratio, width_problems
+from metablocks.registry import Component, Context, Ref, register
 
 
 class MlpConfig(Component):
-    ratio: float = 4.0
+    ratio: Ratio = 4.0
     act: Annotated[Component, Ref("act")] = "gelu"
     bias: bool = True
-    drop: float = 0.0
+    drop: Probability = 0.0
+
+    def check(self, ctx: Context) -> list[str]:
+        return width_problems(self.ratio, ctx.dim)
 
 
 @register("channel_mixer", "mlp", config=MlpConfig)

@@ -6,14 +6,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from metablocks.fields import Heads, Probability, Stride
 from metablocks.registry import Component, Context, register
 
 
 class MultiHeadConfig(Component):
     """Head fields shared by every attention mixer: give head_dim, num_heads, or both (default head_dim 32)."""
 
-    head_dim: int | None = None  # default 32 when num_heads is not given either
-    num_heads: int | None = None
+    head_dim: Heads | None = None  # default 32 when num_heads is not given either
+    num_heads: Heads | None = None
 
     def heads(self, dim: int) -> tuple[int, int]:
         """(num_heads, head_dim) for ``dim`` channels."""
@@ -29,9 +30,9 @@ class AttentionConfig(MultiHeadConfig):
     layout = "channels_last"
     qkv_bias: bool = False
     proj_bias: bool = False
-    attn_drop: float = 0.0
-    proj_drop: float = 0.0
-    sr_ratio: int = 1  # >1: keys/values from a sr_ratio-strided conv of the map, then LayerNorm
+    attn_drop: Probability = 0.0
+    proj_drop: Probability = 0.0
+    sr_ratio: Stride = 1  # >1: keys/values from a sr_ratio-strided conv of the map, then LayerNorm
 
     def check(self, ctx: Context) -> list[str]:
         errors = []

@@ -8,26 +8,29 @@ same module with ``in_dim`` and ``stride``. Attribute names are timm's (conv1/bn
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field
 from torch import Tensor, nn
 
 from metablocks.components.acts import inplace_act
+from metablocks.fields import Dilation, Groups, Ratio
 from metablocks.registry import Component, Context, Ref, register
 
 
 class BottleneckConfig(Component):
     layout = "channels_first"
-    ratio: float = Field(0.25, gt=0)  # width of the 1x1/3x3 convs = int(dim * ratio); ResNet: dim / 4 ("planes")
-    groups: int = Field(1, ge=1)  # groups of the 3x3 conv (ResNeXt's cardinality)
-    dilation: int = Field(1, ge=1)  # of the 3x3 conv (dilated ResNets for dense prediction: 2, 4)
+    ratio: Ratio = 0.25  # width of the 1x1/3x3 convs = int(dim * ratio); ResNet: dim / 4 ("planes")
+    groups: Groups = 1  # groups of the 3x3 conv (ResNeXt's cardinality)
+    dilation: Dilation = 1  # of the 3x3 conv (dilated ResNets for dense prediction: 2, 4)
     norm: Annotated[Component, Ref("norm")] = "batchnorm"
     act: Annotated[Component, Ref("act")] = "relu"
     zero_init_last: bool = True  # start the last norm's scale at 0, so every block starts as the identity (timm)
 
     def width(self, dim: int) -> int:
         return int(dim * self.ratio)
+
+    def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
+        return [(("norm",), self.norm, Context(width)) for width in dict.fromkeys([max(self.width(ctx.dim), 1), ctx.dim])]
 
     def check(self, ctx: Context) -> list[str]:
         width = self.width(ctx.dim)

@@ -16,16 +16,16 @@ and RCCA applies it R times with shared weights (R = 2 in CCNet), so one positio
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
+from metablocks.fields import Iterations, Width
 from metablocks.registry import Component, Context, register
 
 
 class CrissCrossConfig(Component):
     layout = "channels_first"
-    reduction: int = Field(8, ge=1)  # query/key channels: dim // reduction
-    recurrence: int = Field(2, ge=1)  # R passes with shared weights (RCCA)
+    reduction: Width = 8  # query/key channels: dim // reduction
+    recurrence: Iterations = 2  # R passes with shared weights (RCCA)
     residual: bool = False  # True: return the official x + updates; False: only the updates (our block adds x)
 
     def check(self, ctx: Context) -> list[str]:

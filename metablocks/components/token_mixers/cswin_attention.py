@@ -8,17 +8,18 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from metablocks.components.token_mixers.attention import MultiHeadConfig
+from metablocks.fields import Kernel, Probability
 from metablocks.registry import Context, register
 
 
 class CSWinAttentionConfig(MultiHeadConfig):
     layout = "channels_last"
-    split_size: int | None = 7  # stripe width; None: every head attends over the whole map (CSWin's last stage)
+    split_size: Kernel | None = 7  # stripe width; None: every head attends over the whole map (CSWin's last stage)
     qkv_bias: bool = True
     proj_bias: bool = True
-    lepe_kernel_size: int = 3
-    attn_drop: float = 0.0
-    proj_drop: float = 0.0
+    lepe_kernel_size: Kernel = 3
+    attn_drop: Probability = 0.0
+    proj_drop: Probability = 0.0
 
     def check(self, ctx: Context) -> list[str]:
         errors = []

@@ -4,9 +4,16 @@ and Image Recognition", CVPR 2024)."""
 from __future__ import annotations
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
-from metablocks.components.reparam import absorb_into_conv, center_pad, dilate_kernel, fuse_conv_bn
+from metablocks.components.reparam import (
+    absorb_into_conv,
+    center_pad,
+    dilate_kernel,
+    fuse_conv_bn,
+)
+from metablocks.fields import Dilation, Kernel
 from metablocks.registry import Component, Context, register
 
 # The paper's (kernel, dilation) branches for each main kernel size (UniRepLKNet, Sec. 3.2 and the official code).
@@ -23,9 +30,9 @@ PAPER_BRANCHES: dict[int, tuple[tuple[int, int], ...]] = {
 
 class DilatedReparamConfig(Component):
     layout = "channels_first"
-    kernel_size: int = 13
+    kernel_size: Kernel = 13
     # (kernel, dilation) of each parallel branch; None: the paper's choice for ``kernel_size`` (PAPER_BRANCHES)
-    branches: list[tuple[int, int]] | None = None
+    branches: list[tuple[Kernel, Dilation]] | None = Field(None, max_length=16)
 
     def check(self, ctx: Context) -> list[str]:
         k = self.kernel_size

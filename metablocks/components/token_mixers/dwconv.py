@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metablocks.fields import Kernel
 from metablocks.registry import Component, Context, register
 
 MAX_KERNEL = 31
@@ -16,9 +17,9 @@ MAX_KERNEL = 31
 
 class DWConvConfig(Component):
     layout = "channels_first"
-    kernel_size: int = 7
+    kernel_size: Kernel = 7
     bias: bool = True  # the plain conv's bias; with small_kernel each branch's BatchNorm supplies the shift
-    small_kernel: int | None = None  # a parallel small depthwise conv+BN branch, fused away by reparameterize()
+    small_kernel: Kernel | None = None  # a parallel small depthwise conv+BN branch, fused away by reparameterize()
 
     def check(self, ctx: Context) -> list[str]:
         errors = []

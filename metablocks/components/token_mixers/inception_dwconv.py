@@ -4,14 +4,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from metablocks.fields import Kernel, Ratio
 from metablocks.registry import Component, Context, register
 
 
 class InceptionDWConvConfig(Component):
     layout = "channels_first"
-    square_kernel_size: int = 3
-    band_kernel_size: int = 11
-    branch_ratio: float = 0.125  # share of the channels each of the three conv branches gets
+    square_kernel_size: Kernel = 3
+    band_kernel_size: Kernel = 11
+    branch_ratio: Ratio = 0.125  # share of the channels each of the three conv branches gets
 
     def branch_dim(self, dim: int) -> int:
         """Channels of each conv branch (square, 1xk, kx1); the rest pass through untouched."""
@@ -34,7 +35,7 @@ class InceptionDWConv(nn.Module):
     """Split channels into identity | kxk depthwise | 1xk band | kx1 band, mix each, concatenate (InceptionNeXt, Yu et al. 2024)."""
 
     def __init__(self, dim: int, *, square_kernel_size: int = 3, band_kernel_size: int = 11,
-                 branch_ratio: float = 0.125) -> None:
+                 branch_ratio: Ratio = 0.125) -> None:
         super().__init__()
         branch = int(dim * branch_ratio)
         square, band = square_kernel_size, band_kernel_size

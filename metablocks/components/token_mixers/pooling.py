@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from metablocks.fields import Kernel
 from metablocks.registry import Component, Context, register
 
 
 class PoolingConfig(Component):
     layout = "channels_first"
-    pool_size: int = 3
+    pool_size: Kernel = 3
 
     def check(self, ctx: Context) -> list[str]:
         return [] if self.pool_size % 2 else [f"pool_size must be odd to keep the map size, got {self.pool_size}"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, ClassVar, Literal
 
 from einops import rearrange
-from pydantic import Field
 from torch import Tensor, nn
 
+from metablocks.fields import Probability, Ratio, Width, width_problems
 from metablocks.registry import Component, Context, Ref, register
 
 
@@ -24,10 +24,10 @@ class RaftConfig(Component):
 
     layout = "channels_last"
     fixed_resolution: ClassVar[bool] = True  # the MLPs are sized by H and W
-    raft_size: int = Field(2, ge=1)
-    expansion_factor: float = Field(2.0, gt=0)
+    raft_size: Width = 2
+    expansion_factor: Ratio = 2.0
     act: Annotated[Component, Ref("act")] = "gelu"
-    drop: float = 0.0
+    drop: Probability = 0.0
     axis: Literal["both", "vertical", "horizontal"] = "both"
 
     def check(self, ctx: Context) -> list[str]:
@@ -37,6 +37,8 @@ class RaftConfig(Component):
                           "give the block a resolution=(H, W) or the recipe an img_size")
         if ctx.dim % self.raft_size:
             errors.append(f"raft_size={self.raft_size} does not divide dim={ctx.dim}")
+        if ctx.resolution is not None:
+            errors += width_problems(self.expansion_factor, self.raft_size * min(ctx.resolution), "expansion_factor")
         return errors
 
     def build(self, ctx: Context) -> nn.Module:

@@ -5,19 +5,19 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from metablocks.components.reparam import ConvBN
 from metablocks.components.token_mixers.dwconv import MAX_KERNEL, DWConv
+from metablocks.fields import Kernel, Ratio
 from metablocks.registry import Component, Context, Ref, register
 
 
 class RepLKConfig(Component):
     layout = "channels_first"
-    kernel_size: int = 31
-    small_kernel: int = 5  # parallel small depthwise conv-BN, merged into the large kernel by reparameterize()
-    dw_ratio: float = Field(1.0, gt=0)  # depthwise channels = int(dw_ratio * dim)
+    kernel_size: Kernel = 31
+    small_kernel: Kernel = 5  # parallel small depthwise conv-BN, merged into the large kernel by reparameterize()
+    dw_ratio: Ratio = 1.0  # depthwise channels = int(dw_ratio * dim)
     act: Annotated[Component, Ref("act")] = "relu"  # after the first 1x1 conv and after the large kernel
 
     def check(self, ctx: Context) -> list[str]:

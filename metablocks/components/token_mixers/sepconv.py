@@ -5,19 +5,21 @@ from typing import Annotated
 
 from torch import Tensor, nn
 
+from metablocks.fields import Kernel, Ratio, width_problems
 from metablocks.registry import Component, Context, Ref, register
 
 
 class SepConvConfig(Component):
     layout = "channels_first"
-    kernel_size: int = 7
-    expansion_ratio: float = 2.0
+    kernel_size: Kernel = 7
+    expansion_ratio: Ratio = 2.0
     act: Annotated[Component, Ref("act")] = "star_relu"
     act2: Annotated[Component, Ref("act")] = "identity"
     bias: bool = False
 
     def check(self, ctx: Context) -> list[str]:
-        return [] if self.kernel_size % 2 else [f"kernel_size must be odd to keep the map size, got {self.kernel_size}"]
+        errors = width_problems(self.expansion_ratio, ctx.dim, "expansion_ratio")
+        return errors + ([] if self.kernel_size % 2 else [f"kernel_size must be odd to keep the map size, got {self.kernel_size}"])
 
 
 @register("token_mixer", "sepconv", config=SepConvConfig)

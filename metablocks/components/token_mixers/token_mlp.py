@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated, ClassVar
 
 from einops import rearrange
-from pydantic import Field
 from torch import Tensor, nn
 
+from metablocks.fields import Probability, Ratio, Width
 from metablocks.registry import Component, Context, Ref, register
 
 
@@ -17,11 +17,11 @@ class TokenMlpConfig(Component):
 
     layout = "channels_last"
     fixed_resolution: ClassVar[bool] = True  # fc1/fc2 are sized by N = H*W
-    ratio: float = Field(0.5, gt=0)
-    hidden_dim: int | None = Field(None, ge=1)
+    ratio: Ratio = 0.5
+    hidden_dim: Width | None = None
     act: Annotated[Component, Ref("act")] = "gelu"
     bias: bool = True
-    drop: float = 0.0
+    drop: Probability = 0.0
 
     def hidden(self, dim: int) -> int:
         return self.hidden_dim if self.hidden_dim is not None else int(self.ratio * dim)

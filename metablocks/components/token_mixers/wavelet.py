@@ -20,9 +20,10 @@ from typing import Annotated
 
 import torch
 from einops import rearrange
-from pydantic import Field
+from pydantic import Field, Strict
 from torch import Tensor, nn
 
+from metablocks.fields import MAX_RATIO, Levels, Probability, Width
 from metablocks.registry import Component, Context, Ref, register
 
 
@@ -62,10 +63,10 @@ def haar_subbands(x: Tensor, levels: int) -> list[Tensor]:
 
 class WaveletConfig(Component):
     layout = "channels_first"
-    levels: int = Field(1, ge=1)  # DWT levels (the official Level1Waveblock ... Level4Waveblock)
-    mult: int = Field(2, ge=1)  # expansion of each level's first 1x1 conv: C -> C*mult
-    ff_channel: int | None = Field(None, ge=1)  # channels of each level's second 1x1 conv; None: dim (as WaveMix recipes)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # after the GELU of each level (the official default is 0.5)
+    levels: Levels = 1  # DWT levels (the official Level1Waveblock ... Level4Waveblock)
+    mult: Annotated[int, Strict(), Field(ge=1, le=int(MAX_RATIO))] = 2  # expansion of each level's first 1x1 conv: C -> C*mult
+    ff_channel: Width | None = None  # channels of each level's second 1x1 conv; None: dim (as WaveMix recipes)
+    dropout: Probability = 0.0  # after the GELU of each level (the official default is 0.5)
     act: Annotated[Component, Ref("act")] = "gelu"
 
     def check(self, ctx: Context) -> list[str]:

@@ -2,24 +2,28 @@
 Transformer using Shifted Windows", ICCV 2021)."""
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from pydantic import Field
 from torch import Tensor, nn
 
 from metablocks.components.token_mixers.attention import MultiHeadConfig
+from metablocks.fields import Kernel, Probability
 from metablocks.registry import Context, register
 
 
 class WindowAttentionConfig(MultiHeadConfig):
     layout = "channels_last"
-    window_size: int = 7
-    shift: bool | int = False  # True: shift by window_size // 2 (Swin's odd blocks); an int: that many tokens
+    window_size: Kernel = 7
+    shift: bool | Kernel = False  # True: shift by window_size // 2 (Swin's odd blocks); an int: that many tokens
     qkv_bias: bool = True
     proj_bias: bool = True
-    attn_drop: float = 0.0
-    proj_drop: float = 0.0
-    mask_value: float = -100.0  # added to scores between tokens that the cyclic shift brought together (Swin: -100)
+    attn_drop: Probability = 0.0
+    proj_drop: Probability = 0.0
+    mask_value: Annotated[float, Field(ge=-1e4, le=0.0)] = -100.0  # added to scores between tokens that the cyclic shift brought together (Swin: -100)
 
     def shift_size(self) -> int:
         return self.window_size // 2 if self.shift is True else int(self.shift)
