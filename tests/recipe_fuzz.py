@@ -1,0 +1,168 @@
+"""Hypothesis strategies for random recipes drawn from every registered component, and the rule they are held to.
+
+Nothing here names a component: each kind's configs come from the registry, and each field is drawn from its own
+type and pydantic bounds (ints and floats near the low end of their range, so models stay small enough to run in a
+test; Literals, bools, nested components and optional fields from their types). A component added to
+metablocks/components is fuzzed from the day it is registered.
+
+    the rule: load_recipe accepts  =>  build_model builds, and forward + backward at img_size give finite values
+"""
+from __future__ import annotations
+
+import math
+import types
+import typing
+from typing import Any
+
+import torch
+from hypothesis import strategies as st
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+import metablocks
+from metablocks.blocks import BLOCK_SHAPES
+from metablocks.registry import KINDS, Component, Ref, configs
+
+MAX_DEPTH = 2  # components nested in components nested in ...
+
+
+def shipped_configs(kind: str) -> list[type[Component]]:
+    """The configs metablocks registers for ``kind`` (components other tests register are theirs to test)."""
+    return [cfg for cfg in configs(kind) if cfg.module.__module__.startswith("metablocks.")]
+
+
+def _bounds(metadata: list[Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for meta in metadata:
+        if isinstance(meta, FieldInfo):
+            found.update(_bounds(list(meta.metadata)))
+        for name in ("ge", "gt", "le", "lt", "min_length", "max_length"):
+            if getattr(meta, name, None) is not None:
+                found[name] = getattr(meta, name)
+    return found
+
+
+def _number(kind: type, bounds: dict[str, Any]) -> st.SearchStrategy:
+    lo = bounds.get("ge", bounds.get("gt", None))
+    hi = bounds.get("le", bounds.get("lt", None))
+    if kind is int:
+        lo = (lo + 1 if "gt" in bounds else lo) if lo is not None else -4
+        hi = (hi - 1 if "lt" in bounds else hi) if hi is not None else lo + 12
+        return st.integers(int(lo), int(min(hi, max(lo, 0) + 12)))
+    lo = -4.0 if lo is None else float(lo)
+    hi = 4.0 if hi is None else float(hi)
+    lo, hi = max(lo, -4.0), min(hi, max(lo, 0.0) + 4.0)  # a window near zero or near the low end
+    return st.floats(lo, hi, allow_nan=False, allow_infinity=False,
+                     exclude_min="gt" in bounds and lo == bounds["gt"], exclude_max="lt" in bounds and hi == bounds["lt"])
+
+
+def value_for(annotation: Any, metadata: list[Any], depth: int) -> st.SearchStrategy | None:
+    """A strategy for values of ``annotation`` within ``metadata``'s bounds; None when the type is not drawable."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        inner, *extra = typing.get_args(annotation)
+        refs = [m for m in extra if isinstance(m, Ref)]
+        if refs:
+            return component(refs[0].kind, depth + 1)
+        return value_for(inner, [*metadata, *extra], depth)
+    refs = [m for m in metadata if isinstance(m, Ref)]
+    if refs:
+        return component(refs[0].kind, depth + 1)
+    if origin in (typing.Union, types.UnionType):
+        options = [value_for(arg, metadata if arg is not type(None) else [], depth) for arg in typing.get_args(annotation)]
+        options = [o for o in options if o is not None]
+        return st.one_of(options) if options else None
+    if origin is typing.Literal:
+        return st.sampled_from(typing.get_args(annotation))
+    if annotation is type(None):
+        return st.none()
+    if annotation is bool:
+        return st.booleans()
+    if annotation in (int, float):
+        return _number(annotation, _bounds(metadata))
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        inner = value_for(item, [], depth)
+        bounds = _bounds(metadata)
+        if inner is None:
+            return None
+        low = bounds.get("min_length", 0)
+        return st.lists(inner, min_size=low, max_size=max(low, min(bounds.get("max_length", 3), 3)))
+    if origin is tuple:
+        items = [value_for(arg, [], depth) for arg in typing.get_args(annotation)]
+        return st.tuples(*items) if all(i is not None for i in items) else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return fields_of(annotation, depth)
+    return None
+
+
+def fields_of(cls: type[BaseModel], depth: int) -> st.SearchStrategy:
+    """A dict of some of ``cls``'s fields (each one drawn or left to its default)."""
+    required, optional = {}, {}
+    for name, field in cls.model_fields.items():
+        if name == "type" or (depth > MAX_DEPTH and not field.is_required()):
+            continue
+        strategy = value_for(field.annotation, list(field.metadata), depth)
+        if strategy is not None:
+            (required if field.is_required() else optional)[name] = strategy
+    return st.fixed_dictionaries(required, optional=optional)
+
+
+def component(kind: str, depth: int = 0) -> st.SearchStrategy:
+    """``{"type": name, ...fields}`` for any shipped component of ``kind``."""
+    return st.sampled_from(shipped_configs(kind)).flatmap(
+        lambda cfg: fields_of(cfg, depth).map(lambda fields, name=cfg.name: {"type": name, **fields}))
+
+
+@st.composite
+def recipes(draw: Any) -> dict[str, Any]:
+    """A small random recipe: 1-3 stages of 1-2 blocks, widths 4-64, a 12-40 px input."""
+    n = draw(st.integers(1, 3))
+    dims = [draw(st.sampled_from([4, 8, 12, 16, 24, 32, 48, 64])) for _ in range(n)]
+    stages = []
+    for i, dim in enumerate(dims):
+        stage: dict[str, Any] = {"depth": draw(st.integers(1, 2)), "dim": dim}
+        mixers = draw(st.lists(component("token_mixer"), min_size=1, max_size=stage["depth"]))
+        stage["token_mixer"] = mixers if len(mixers) > 1 else mixers[0]
+        stage["channel_mixer"] = draw(st.one_of(st.none(), component("channel_mixer")))
+        stage["norm"] = draw(st.one_of(st.none(), component("norm")))
+        stage["shape"] = draw(st.sampled_from(sorted(BLOCK_SHAPES)))
+        for scale in ("layer_scale", "res_scale"):
+            stage[scale] = draw(st.one_of(st.none(), st.floats(-2.0, 2.0)))
+        stage["post_act"] = draw(st.one_of(st.none(), component("act")))
+        stage["layout"] = draw(st.sampled_from([None, "channels_first", "channels_last"]))
+        if i > 0:
+            stage["downsample"] = draw(st.one_of(st.none(), component("downsample")) if dim == dims[i - 1]
+                                       else component("downsample"))
+        stages.append(stage)
+    return {"name": "fuzz", "in_chans": draw(st.integers(1, 3)), "img_size": draw(st.sampled_from([12, 16, 24, 32, 33, 40])),
+            "num_classes": draw(st.integers(0, 10)), "drop_path_rate": draw(st.sampled_from([0.0, 0.1])),
+            "stem": draw(component("stem")), "stages": stages, "head": draw(component("head"))}
+
+
+def holds(raw: dict[str, Any]) -> str:
+    """Apply the rule to one drawn recipe: "rejected" (a located RecipeError), or "ran" (built, forward + backward
+    finite, eval forward finite). Anything else raises."""
+    try:
+        recipe = metablocks.load_recipe(raw)
+    except metablocks.RecipeError as err:
+        assert err.problems and all(p.path or p.file for p in err.problems), err
+        return "rejected"
+    torch.manual_seed(0)
+    model = metablocks.build_model(recipe)
+    x = torch.randn(2, recipe.in_chans, *recipe.img_size)
+    model.train()
+    out = model(x)
+    assert torch.isfinite(out).all(), f"non-finite training output for {recipe.to_yaml()}"
+    out.float().square().mean().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), f"non-finite gradient of {name} for {recipe.to_yaml()}"
+    model.eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(x)).all(), f"non-finite eval output for {recipe.to_yaml()}"
+    return "ran"
+
+
+HOSTILE_VALUES = [0, -1, 1, 2, 3, 10**30, 2**31, 1e300, math.nan, math.inf, -math.inf, True, False, "bogus", "", [],
+                  {}, None, [0], [1, 2, 3], {"type": "bogus"}, 0.5, -0.5, 1.5, "1e9", "layernorm"]
+__all__ = ["HOSTILE_VALUES", "KINDS", "component", "holds", "recipes", "shipped_configs"]
