@@ -43,9 +43,15 @@ def _default_out(spec: Any) -> Path:
 def do_plan(args: argparse.Namespace) -> int:
     from metablocks.sweep import ResultStore, Sweep
 
+    from metablocks.sweep.results import SweepDirError
+
     sweep = Sweep.load(args.spec)
     runs = sweep.plan()
-    done = ResultStore(args.out).latest() if args.out else {}
+    try:
+        done = ResultStore(args.out).latest() if args.out else {}
+    except SweepDirError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([r.to_dict() for r in runs], indent=1))
         return 0

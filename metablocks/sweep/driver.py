@@ -37,9 +37,9 @@ PLAN = "plan.json"
 def _summary(record: dict[str, Any]) -> str:
     if record["status"] != "ok":
         return f"FAILED ({record.get('error', '?')[:200]})"
-    notes = "".join(f"\n  note: {n}" for n in record.get("checkpoint_notes", []))
     return (f"top-1 {record['top1']:.2f}%  params {record['params'] / 1e3:.1f}K  MACs {record['macs'] / 1e6:.2f}M"
-            + (f"  (resumed from epoch {record['resumed_from'][-1]})" if record.get("resumed_from") else "") + notes)
+            + (f"  (resumed from epoch {record['resumed_from'][-1]})" if record.get("resumed_from") else "")
+            + ("  (a corrupt checkpoint was discarded)" if record.get("checkpoint_notes") else ""))
 
 
 def write_plan(directory: Path, sweep: Sweep, runs: list[RunSpec]) -> None:
@@ -66,8 +66,8 @@ def heal(directory: Path, store: ResultStore, runs: list[RunSpec]) -> tuple[list
         finally:
             os.close(fd)
     if removed:
-        notes.append(f"removed {len(removed)} temporary file(s) of interrupted writes: "
-                     + ", ".join(str(p.relative_to(directory)) for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
+        names = ", ".join(str(p.relative_to(directory)) for p in removed[:5]) + (" ..." if len(removed) > 5 else "")
+        notes.append(f"removed {len(removed)} temporary file(s) of interrupted writes: {names}")
     broken = set()
     latest = store.latest()
     for run in runs:

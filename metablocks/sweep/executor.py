@@ -162,7 +162,7 @@ def _child(run: dict[str, Any], sweep_dir: str, threads: int, out: str) -> None:
 class RayExecutor:
     """One Ray task per run on a cluster (``address``: ``auto``, ``ray://host:10001``, ``host:6379``; None starts
     a local Ray). The sweep directory must be reachable by every node for checkpoints (shared storage); records
-    come back as task results and the driver writes them."""
+    come back as task results and the driver writes them (and measures speed afterwards, on its own host)."""
 
     def __init__(self, address: str | None = None, cpus_per_run: float = 1.0) -> None:
         self.address, self.cpus_per_run = address, cpus_per_run

@@ -136,7 +136,8 @@ class ResultStore:
                 except UnicodeDecodeError:
                     reason = "not UTF-8 text"
                 except json.JSONDecodeError as err:
-                    reason = ("torn line (cut off: " if torn else "not valid JSON (") + f"{err.msg} at column {err.colno})"
+                    what = "torn line (cut off: " if torn else "not valid JSON ("
+                    reason = f"{what}{err.msg} at column {err.colno})"
                 else:
                     reason = record_problem(record)
             if reason is None:

@@ -9,6 +9,7 @@
     seeds: [0, 1]
     data: {source: digits, img_size: 32}
     train: {epochs: 5}
+    measure: {batch_size: 64, rounds: 5}   # timed after training, alternating with the first configuration
 
 Paths starting with ``train.`` or ``data.`` vary those settings instead of the recipe. Mistakes are reported like a
 recipe's: file, line and field, all at once.
@@ -224,8 +225,8 @@ class Sweep:
                                                                                     "cannot read sweep spec"))
                                   for p in err.problems]) from None
             except UnicodeDecodeError as err:
-                raise SweepError([Problem(str(file), None, None, f"not UTF-8 text (byte {err.start}: "
-                                                                 f"{err.object[err.start:err.start + 1]!r})")]) from None
+                byte = err.object[err.start:err.start + 1]
+                raise SweepError([Problem(str(file), None, None, f"not UTF-8 text (byte {err.start}: {byte!r})")]) from None
             if not isinstance(raw, Doc):
                 raise SweepError([Problem(str(file), 1, None, "a sweep spec is a mapping of fields")])
             if "name" not in raw:
