@@ -178,12 +178,14 @@ def test_run_records_failures_resumes_and_reports(tmp_path) -> None:
     assert len(ok["curves"]) == 1 and 0 <= ok["top1"] <= 100
 
     lines = (out / "results.jsonl").read_text().splitlines()
-    assert len(lines) == 4 and all(json.loads(line)["run_id"] for line in lines)
-    again = run_sweep(path, out, progress=False)  # nothing left to do: nothing is redone or duplicated
+    kinds = [json.loads(line).get("kind", "run") for line in lines]
+    assert kinds == ["run"] * 4 + ["measure"] * 2  # the two ok configurations are measured after all training
+    assert all(json.loads(line)["run_id"] for line in lines[:4])
+    again = run_sweep(path, out, progress=False)  # nothing left to do: nothing is redone, re-measured or duplicated
     assert (out / "results.jsonl").read_text().splitlines() == lines
     assert [r["run_id"] for r in again] == [r["run_id"] for r in records]
     retried = run_sweep(path, out, progress=False, retry_failed=True)
-    assert len((out / "results.jsonl").read_text().splitlines()) == 6  # two failed runs ran again, appended
+    assert len((out / "results.jsonl").read_text().splitlines()) == 8  # two failed runs ran again, appended
     assert [r["status"] for r in retried] == ["ok", "ok", "failed", "failed"]
 
     table = (out / "results.md").read_text().splitlines()
@@ -210,16 +212,21 @@ def test_second_driver_on_the_same_directory_is_refused(tmp_path) -> None:
     ResultStore(tmp_path).lock().unlock()
 
 
+def _rec(run_id: str, **fields) -> dict:
+    """A valid failed-run record (the fields ResultStore requires) with ``fields`` added."""
+    return {"run_id": run_id, "status": "failed", "config": "base", "labels": {}, "seed": 0, **fields}
+
+
 def test_append_keeps_every_line_whole(tmp_path) -> None:
     store = ResultStore(tmp_path)
     for i in range(5):
-        store.append({"run_id": f"r{i}", "value": i})
-    store.append({"run_id": "r1", "value": 10})
+        store.append(_rec(f"r{i}", value=i))
+    store.append(_rec("r1", value=10))
     assert [r["value"] for r in store.records()] == [0, 1, 2, 3, 4, 10]
     assert store.latest()["r1"]["value"] == 10
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
-    store.append({"run_id": "x", "top1": float("nan"), "curves": [{"val_loss": float("inf")}]})
-    assert store.records()[-1] == {"run_id": "x", "top1": None, "curves": [{"val_loss": None}]}  # strict JSON
+    store.append(_rec("x", top1=float("nan"), curves=[{"val_loss": float("inf")}]))
+    assert store.records()[-1] == _rec("x", top1=None, curves=[{"val_loss": None}])  # strict JSON
     assert "NaN" not in store.path.read_text() and len(store.records()) == 7
 
 

@@ -52,8 +52,11 @@ def test_four_runs_as_ray_tasks_on_a_local_cluster(tmp_path) -> None:
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"submitted 4 runs to Ray at 127.0.0.1:{port}" in result.stderr
-        records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+        records = [r for r in lines if r.get("kind") != "measure"]
         assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+        measured = [r for r in lines if r.get("kind") == "measure"]  # by the driver, after the Ray tasks
+        assert lines[4:] == measured and [m["executor"] for m in measured] == ["ray", "ray"]
         assert sorted((r["labels"]["mixer"], r["seed"]) for r in records) == [
             ("identity", 0), ("identity", 1), ("pooling", 0), ("pooling", 1)]
         assert all("ray_pid" in r for r in records)  # each came back from a Ray task

@@ -64,7 +64,9 @@ def test_sigkill_mid_run_then_resume(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert "already finished" in result.stderr
     lines = (out / "results.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
+    records = [json.loads(line) for line in lines if json.loads(line).get("kind") != "measure"]
+    measured = [json.loads(line)["config"] for line in lines if json.loads(line).get("kind") == "measure"]
+    assert measured == list(dict.fromkeys(r.config_key for r in runs))  # each configuration once, after training
     assert lines[0] == first_line  # the finished run was not redone
     assert sorted(r["run_id"] for r in records) == sorted(r.run_id for r in runs)  # none lost, none twice
     resumed = next(r for r in records if r["run_id"] == runs[1].run_id)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +43,15 @@ def _default_out(spec: Any) -> Path:
 def do_plan(args: argparse.Namespace) -> int:
     from metablocks.sweep import ResultStore, Sweep
 
+    from metablocks.sweep.results import SweepDirError
+
     sweep = Sweep.load(args.spec)
     runs = sweep.plan()
-    done = ResultStore(args.out).latest() if args.out else {}
+    try:
+        done = ResultStore(args.out).latest() if args.out else {}
+    except SweepDirError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps([r.to_dict() for r in runs], indent=1))
         return 0
@@ -93,11 +100,17 @@ def _sizes(sweep: Any, runs: list[Any]) -> dict[str, tuple[str, str]]:
 
 def do_run(args: argparse.Namespace) -> int:
     from metablocks.sweep import Sweep, run_sweep
+    from metablocks.sweep.results import SweepDirError, SweepLocked
 
     sweep = Sweep.load(args.spec)
     out = Path(args.out) if args.out else _default_out(sweep.spec)
-    records = run_sweep(sweep, out, executor=args.executor, workers=args.workers, address=args.address,
-                        cpus_per_run=args.cpus_per_run, retry_failed=args.retry_failed, progress=not args.no_progress)
+    try:
+        records = run_sweep(sweep, out, executor=args.executor, workers=args.workers, address=args.address,
+                            cpus_per_run=args.cpus_per_run, retry_failed=args.retry_failed,
+                            progress=not args.no_progress)
+    except (SweepDirError, SweepLocked) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     ok = sum(r["status"] == "ok" for r in records)
     print(f"{ok} of {len(records)} runs ok; results in {out}/results.jsonl, table {out}/results.md, plots {out}/plots/")
     print((out / "results.md").read_text())
@@ -106,8 +119,15 @@ def do_run(args: argparse.Namespace) -> int:
 
 def do_report(args: argparse.Namespace) -> int:
     from metablocks.sweep import report
+    from metablocks.sweep.results import SweepDirError
 
-    made = report(args.dir)
+    try:
+        made = report(args.dir)
+    except SweepDirError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for note in made["notes"]:
+        print(f"note: {note}", file=sys.stderr)
     print(f"{made['finished']} of {made['planned']} runs finished")
     print(Path(made["markdown"]).read_text())
     for path in made["plots"]:

@@ -1,7 +1,9 @@
 """Running a sweep's runs: in this process, in N worker processes, or as Ray tasks on a cluster.
 
-Whatever runs them, each run goes through ``execute_run`` (train with checkpoints in ``DIR/runs/<run_id>/``, then
-measure) and returns one record; only the driver appends records to ``DIR/results.jsonl``.
+Whatever runs them, each run goes through ``execute_run`` (train with checkpoints in ``DIR/runs/<run_id>/``, count
+params and MACs, save the model with its checksum) and returns one record; only the driver appends records to
+``DIR/results.jsonl``. Speed and memory are not measured here, where other runs may be training at the same
+time: the driver measures them after training (driver.measure_phase).
 """
 from __future__ import annotations
 
@@ -35,14 +37,28 @@ def _record(spec: RunSpec, **fields: Any) -> dict[str, Any]:
             "values": spec.values, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields}
 
 
+def try_lock_run_dir(run_dir: Path) -> int | None:
+    """The run's lock if no process holds it now (then nothing is writing in the directory), else None."""
+    import fcntl
+
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def execute_run(run: dict[str, Any], sweep_dir: str, *, threads: int | None = None, make_progress: Any = None,
                 progress_lines: bool = False) -> dict[str, Any]:
-    """Train and measure one run (resuming from its checkpoint if there is one); never raises for a failed run:
-    the record says ``status: failed`` and why."""
+    """Train one run (resuming from its last good checkpoint if there is one), count its params and MACs; never
+    raises for a failed run: the record says ``status: failed`` and why."""
     from metablocks.data import DataConfig
-    from metablocks.train.checkpoint import atomic_write
-    from metablocks.train.config import MeasureConfig, TrainConfig
+    from metablocks.train.checkpoint import MODEL_FILE, atomic_write, save_model
+    from metablocks.train.config import TrainConfig
     from metablocks.train.loop import train
+    from metablocks.train.measure import static_measures
 
     spec = RunSpec.from_dict(run)
     run_dir = Path(sweep_dir) / "runs" / spec.run_id
@@ -61,8 +77,7 @@ def execute_run(run: dict[str, Any], sweep_dir: str, *, threads: int | None = No
             make_progress = Progress(bars=False).run
         try:
             result = train(spec.recipe, data=DataConfig.model_validate(spec.data), config=config, out_dir=run_dir,
-                           measure=MeasureConfig.model_validate(spec.measure), name=spec.title,
-                           make_progress=make_progress)
+                           measure=None, name=spec.title, make_progress=make_progress)
         except Exception as err:  # a failed run is a result: NaN loss, a mixer rejecting the input, ...
             phase = "train"
             reason = f"{type(err).__name__}: {err}".strip()
@@ -70,10 +85,9 @@ def execute_run(run: dict[str, Any], sweep_dir: str, *, threads: int | None = No
             return _record(spec, status="failed", phase=phase, error=reason[:2000],
                            wall_time_s=time.perf_counter() - start)
         model = result.pop("_model")
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(run_dir / "model.safetensors"))
+        in_chans = model.recipe.in_chans
+        result.update(static_measures(model, spec.data["img_size"], in_chans), in_chans=in_chans)
+        save_model(run_dir / MODEL_FILE, model)
         record = _record(spec, status="ok", **result, wall_time_s=time.perf_counter() - start)
         atomic_write(run_dir / "record.json", json.dumps(record, default=str).encode())
         return record
@@ -148,7 +162,7 @@ def _child(run: dict[str, Any], sweep_dir: str, threads: int, out: str) -> None:
 class RayExecutor:
     """One Ray task per run on a cluster (``address``: ``auto``, ``ray://host:10001``, ``host:6379``; None starts
     a local Ray). The sweep directory must be reachable by every node for checkpoints (shared storage); records
-    come back as task results and the driver writes them."""
+    come back as task results and the driver writes them (and measures speed afterwards, on its own host)."""
 
     def __init__(self, address: str | None = None, cpus_per_run: float = 1.0) -> None:
         self.address, self.cpus_per_run = address, cpus_per_run

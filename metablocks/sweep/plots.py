@@ -29,7 +29,8 @@ AXES = {  # metric -> (axis label, scale, higher is better, title)
 
 
 def plot_tradeoffs(rows: list[dict[str, Any]], group_by: str | None, out_dir: Path, title: str) -> list[Path]:
-    """One PNG per cost axis: a marker per value of ``group_by`` (the mixer), error bars over seeds, the front."""
+    """One PNG per cost axis: a marker per value of ``group_by`` (the mixer), error bars over seeds (top-1) and over
+    measurement rounds (throughput, min to max), the front."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -47,7 +48,9 @@ def plot_tradeoffs(rows: list[dict[str, Any]], group_by: str | None, out_dir: Pa
         for i, row in enumerate(usable):
             group = str(row.get(group_by, row["config"])) if group_by else row["config"]
             k = groups.index(group) if group in groups else 0
-            ax.errorbar(points[i][0], points[i][1], yerr=row["top1_std"] or 0, fmt=MARKERS[k % len(MARKERS)],
+            low, high = row.get(f"{metric}_min"), row.get(f"{metric}_max")  # the measurement's spread over rounds
+            xerr = [[points[i][0] - low * scale], [high * scale - points[i][0]]] if low is not None and high else None
+            ax.errorbar(points[i][0], points[i][1], xerr=xerr, yerr=row["top1_std"] or 0, fmt=MARKERS[k % len(MARKERS)],
                         color=f"C{k % 10}", ms=8, capsize=3,
                         label=group if group not in ax.get_legend_handles_labels()[1] else None)
         front = pareto(points, cost_higher_is_better=higher)

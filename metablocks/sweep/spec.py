@@ -9,6 +9,7 @@
     seeds: [0, 1]
     data: {source: digits, img_size: 32}
     train: {epochs: 5}
+    measure: {batch_size: 64, rounds: 5}   # timed after training, alternating with the first configuration
 
 Paths starting with ``train.`` or ``data.`` vary those settings instead of the recipe. Mistakes are reported like a
 recipe's: file, line and field, all at once.
@@ -24,14 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from metablocks.data import DataConfig
-from metablocks.recipe.errors import Problem, RecipeError, validate
+from metablocks.recipe.errors import Problem, RecipeError, problems_from, validate
 from metablocks.recipe.yaml_io import Doc, DocList, Where, from_plain, load_file
 from metablocks.train.config import MeasureConfig, TrainConfig
 
 SETTINGS = ("train", "data")
+SETTING_MODELS = {"train": TrainConfig, "data": DataConfig}
+PLACED = "placed_checks"  # validation context: leave cross-field checks to Sweep.load, which places them
 
 
 class SweepError(RecipeError):
@@ -55,12 +58,21 @@ class Axis(BaseModel):
     labels: list[str] | None = None  # one short label per value (default: a component's type, else the value)
 
     @model_validator(mode="after")
-    def _labels_match(self) -> Axis:
-        if self.labels is not None and len(self.labels) != len(self.values):
-            raise ValueError(f"labels gives {len(self.labels)} labels for {len(self.values)} values")
-        if self.labels is not None and len(set(self.labels)) != len(self.labels):
-            raise ValueError("labels must be distinct")
+    def _labels_match(self, info: ValidationInfo) -> Axis:
+        problems = self.problems()
+        if problems and not (info.context or {}).get(PLACED):
+            raise ValueError("; ".join(message for _, message in problems))
         return self
+
+    def problems(self) -> list[tuple[tuple[Any, ...], str]]:
+        """(place within the axis, message) for every inconsistency."""
+        if self.labels is None:
+            return []
+        if len(self.labels) != len(self.values):
+            return [(("labels",), f"labels gives {len(self.labels)} labels for {len(self.values)} values")]
+        if len(set(self.labels)) != len(self.labels):
+            return [(("labels",), f"labels must be distinct, given {self.labels}")]
+        return []
 
     @property
     def paths(self) -> list[str]:
@@ -110,24 +122,37 @@ class SweepSpec(BaseModel):
     report: ReportConfig = ReportConfig()
 
     @model_validator(mode="after")
-    def _consistent(self) -> SweepSpec:
+    def _consistent(self, info: ValidationInfo) -> SweepSpec:
+        problems = self.problems()
+        if problems and not (info.context or {}).get(PLACED):
+            raise ValueError("; ".join(message for _, message in problems))
+        return self
+
+    def problems(self) -> list[tuple[tuple[Any, ...], str]]:
+        """(place in the spec, message) for every inconsistency between fields (``Sweep.load`` reports them all
+        with file and line; constructing a SweepSpec in Python raises on them)."""
+        out: list[tuple[tuple[Any, ...], str]] = []
+        for i, axis in enumerate(self.axes):
+            out += [(("axes", i, *loc), message) for loc, message in axis.problems()]
         if self.seeds is not None and self.repeats is not None:
-            raise ValueError("give seeds or repeats, not both")
+            out.append((("repeats",), "give seeds or repeats, not both"))
         if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
-            raise ValueError(f"seeds must be a non-empty list of distinct seeds, given {self.seeds}")
+            out.append((("seeds",), f"seeds must be a non-empty list of distinct seeds, given {self.seeds}"))
         if self.mode == "zip" and len({len(a.values) for a in self.axes}) > 1:
             sizes = ", ".join(f"{a.column}: {len(a.values)}" for a in self.axes)
-            raise ValueError(f"zip pairs the i-th values of every axis, so all axes need as many values ({sizes})")
+            out.append((("axes",), f"zip pairs the i-th values of every axis, so all axes need as many values "
+                                   f"({sizes})"))
         if self.mode == "random" and self.samples is None:
-            raise ValueError("random mode needs samples: how many combinations to draw")
+            out.append((("mode",), "random mode needs samples: how many combinations to draw"))
         if self.mode != "random" and self.samples is not None:
-            raise ValueError(f"samples is for mode: random (mode is {self.mode})")
+            out.append((("samples",), f"samples is for mode: random (mode is {self.mode})"))
         columns = [a.column for a in self.axes]
         if len(set(columns)) != len(columns):
-            raise ValueError(f"two axes share the column name in {columns}; give them distinct name:")
+            out.append((("axes",), f"two axes share the column name in {columns}; give them distinct name:"))
         if self.report.group_by is not None and self.report.group_by not in columns:
-            raise ValueError(f"report.group_by {self.report.group_by!r} is not an axis; axes: {', '.join(columns)}")
-        return self
+            out.append((("report", "group_by"), f"report.group_by {self.report.group_by!r} is not an axis; axes: "
+                                                f"{', '.join(columns) or '(none)'}"))
+        return out
 
     @property
     def seed_list(self) -> list[int]:
@@ -193,17 +218,29 @@ class Sweep:
             raw, file = from_plain(dict(source), Where("<python>")), None
         else:
             file = Path(source).resolve()
-            raw = load_file(file)
+            try:
+                raw = load_file(file)
+            except RecipeError as err:  # unreadable, YAML syntax
+                raise SweepError([Problem(p.file, p.line, p.path, p.message.replace("cannot read recipe",
+                                                                                    "cannot read sweep spec"))
+                                  for p in err.problems]) from None
+            except UnicodeDecodeError as err:
+                byte = err.object[err.start:err.start + 1]
+                raise SweepError([Problem(str(file), None, None, f"not UTF-8 text (byte {err.start}: {byte!r})")]) from None
             if not isinstance(raw, Doc):
                 raise SweepError([Problem(str(file), 1, None, "a sweep spec is a mapping of fields")])
             if "name" not in raw:
                 raw["name"] = file.stem
                 raw.where["name"] = Where(str(file), 1)
         try:
-            spec = validate(SweepSpec, raw)
-        except RecipeError as err:
-            raise SweepError(err.problems) from None
-        return cls(spec, raw=raw, file=file)
+            spec = SweepSpec.model_validate(raw, context={PLACED: True})
+        except ValidationError as err:
+            raise SweepError(problems_from(err.errors(include_url=False), raw, SweepSpec)) from None
+        sweep = cls(spec, raw=raw, file=file)
+        problems = [sweep._problem(loc, _dotted(loc), message) for loc, message in spec.problems()]
+        if problems:
+            raise SweepError(problems)
+        return sweep
 
     # -- places in the spec, for errors -------------------------------------------------------------------
     def _where(self, *loc: Any) -> tuple[str | None, int | None]:
@@ -234,12 +271,16 @@ class Sweep:
         from metablocks.recipe.loader import load_recipe
 
         overrides = {**self.spec.overrides, "img_size": self.spec.data.img_size}
+        source = self._base_source()
         try:
-            recipe = load_recipe(self._base_source(), overrides)
+            recipe = load_recipe(source, overrides)
         except RecipeError as err:
             problems = []
             for p in err.problems:
-                if p.file == "<override>":
+                if isinstance(source, (str, Path)) and p.file == str(source) and p.line is None:  # not found
+                    problems.append(self._problem(("base",), "base", f"{p.message} (base {str(source)!r}: a recipe "
+                                                  f"file relative to the sweep spec, or a shipped recipe name)"))
+                elif p.file == "<override>":
                     key = p.path if p.path in self.spec.overrides else None
                     loc = ("overrides", key) if key else ("overrides",)
                     problems.append(self._problem(loc, f"overrides.{p.path}", p.message))
@@ -295,12 +336,26 @@ class Sweep:
                         failed = True
             if failed:
                 continue
-            try:
-                data = DataConfig.model_validate(settings["data"])
-                train = TrainConfig.model_validate(settings["train"])
-            except Exception as err:  # a bad value for a train./data. path
-                problems.append(self._problem(("axes",), "axes", f"{labels}: {err}"))
+            checked, bad = {}, False
+            for head, model in SETTING_MODELS.items():
+                try:
+                    checked[head] = validate(model, settings[head])
+                except RecipeError as err:  # a bad value for a train./data. path
+                    bad = True
+                    for p in err.problems:
+                        full = f"{head}.{p.path}" if p.path else head
+                        at = next((a for a, axis in enumerate(self.spec.axes)
+                                   if any(path.partition(".")[0] == head and _under(full, path) or
+                                          _under(path, full) for path in axis.paths)), None)
+                        if at is None:
+                            problems.append(self._problem((head,), full, f"{self._describe(labels)}: {p.message}"))
+                        else:
+                            index = combo[at]
+                            problems.append(self._problem(("axes", at, "values", index), f"axes[{at}].values[{index}]",
+                                                          f"{full}: {p.message}"))
+            if bad:
                 continue
+            data, train = checked["data"], checked["train"]
             raw["img_size"] = data.img_size
             raw = expand(raw)
             try:
@@ -379,7 +434,20 @@ def _set(settings: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     out = copy.deepcopy(settings)
     node = out
     keys = path.split(".")
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1]):
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise RecipeError([Problem(None, None, path, f"{'.'.join(keys[:depth + 1])} is a value ({node!r}), not "
+                                                         f"a section with fields")])
+    if not all(keys):
+        raise RecipeError([Problem(None, None, path, "cannot parse this path (an empty field name)")])
     node[keys[-1]] = value
+    return out
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    """("axes", 0, "labels") -> "axes[0].labels"."""
+    out = ""
+    for key in loc:
+        out += f"[{key}]" if isinstance(key, int) else (f".{key}" if out else str(key))
     return out

@@ -36,4 +36,5 @@ class MeasureConfig(BaseModel):
     batch_size: int = Field(64, ge=1)  # "batch N" of the throughput/latency measurements
     warmup: int = Field(2, ge=0)  # untimed iterations before timing
     iters: int = Field(5, ge=1)  # timed iterations (the median is reported)
-    speed: bool = True  # measure inference throughput / latency
+    speed: bool = True  # measure inference throughput / latency (and, in sweeps, training-step throughput)
+    rounds: int = Field(5, ge=1)  # sweeps: times each model is timed, alternating with the sweep's reference model

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from metablocks.data import Augment, Batches, DataConfig, Splits, load_splits
-from metablocks.train.checkpoint import load_checkpoint, save_checkpoint
+from metablocks.train.checkpoint import resume, save_checkpoint
 from metablocks.train.config import MeasureConfig, TrainConfig
 from metablocks.train.measure import measure_model
 from metablocks.train.optim import make_optimizer, make_scheduler
@@ -171,9 +171,11 @@ def train(recipe: Any, *, data: DataConfig, config: TrainConfig, out_dir: str | 
 
     checkpoint = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     state: dict[str, Any] = {"epoch": 0, "curves": [], "train_time": 0.0, "train_images": 0, "resumed_from": []}
-    if checkpoint is not None and checkpoint.is_file():
-        state = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                                device=device)
+    notes: list[str] = []  # corrupt checkpoints discarded (see checkpoint.resume)
+    restored = resume(checkpoint, notes=notes, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                      device=device) if checkpoint is not None else None
+    if restored is not None:
+        state = restored
         state["resumed_from"] = [*state.get("resumed_from", []), state["epoch"]]
     if progress is None and make_progress is not None and world.main:
         progress = make_progress(name, config.epochs * steps, state["epoch"] * steps)
@@ -239,6 +241,8 @@ def train(recipe: Any, *, data: DataConfig, config: TrainConfig, out_dir: str | 
         "device": str(device), "num_classes": splits.num_classes, "train_size": len(splits.train_y),
         "val_size": len(splits.val_y), "recipe_name": model.recipe.name, "model_id": model.recipe.model_id,
     }
+    if notes:
+        result["checkpoint_notes"] = notes
     if world.size > 1:
         result["ddp_in_sync"] = params_in_sync(model, world)
     if measure is not None and world.main:

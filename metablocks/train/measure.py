@@ -1,6 +1,13 @@
-"""Per-model measurements: parameters, MACs, inference throughput/latency (batch 1 and batch N), training memory."""
+"""Per-model measurements: parameters, MACs, inference throughput/latency (batch 1 and batch N), training memory.
+
+``measure_model`` measures one model as it is (``metablocks train --measure``). Sweeps time their models with
+``measure_against`` instead, after all training is done, one model at a time: each of ``rounds`` rounds times the
+sweep's reference model and then the model, so the record holds the median, the min-max spread over the rounds and
+the median ratio to the reference of the same round (which cancels slow drifts of the machine's speed).
+"""
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from typing import Any
@@ -102,5 +109,69 @@ def measure_model(model: nn.Module, *, img_size: int, in_chans: int, num_classes
             speed = inference_speed(model, batch, img_size, in_chans, config, device, autocast)
             out[f"latency_{tag}_ms"], out[f"throughput_{tag}"] = speed["latency_ms"], speed["throughput"]
         out["measure_batch"] = config.batch_size
+    out.update(train_memory(model, config.batch_size, img_size, in_chans, num_classes, device))
+    return out
+
+
+def static_measures(model: nn.Module, img_size: int, in_chans: int) -> dict[str, int]:
+    """The numbers no other process can disturb: parameters and MACs."""
+    return {"params": count_params(model), "macs": count_macs(model, img_size, in_chans)}
+
+
+def train_speed(model: nn.Module, batch: int, img_size: int, in_chans: int, num_classes: int,
+                config: MeasureConfig, device: torch.device, autocast: dict[str, Any] | None = None) -> float:
+    """Images/s of AdamW training steps at ``batch`` (median step time), on a copy: the model keeps its weights."""
+    model = copy.deepcopy(model).train()
+    optimizer = torch.optim.AdamW(model.parameters())
+    x = torch.randn(batch, in_chans, img_size, img_size, device=device)
+    y = torch.randint(num_classes, (batch,), device=device)
+    times = []
+    for i in range(config.warmup + config.iters):
+        _sync(device)
+        start = time.perf_counter()
+        with torch.autocast(**autocast) if autocast else _null():
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        _sync(device)
+        if i >= config.warmup:
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def _spread(name: str, mine: list[float], reference: list[float]) -> dict[str, float]:
+    ratios = [m / r for m, r in zip(mine, reference)]
+    return {name: statistics.median(mine), f"{name}_min": min(mine), f"{name}_max": max(mine),
+            f"{name}_ratio": statistics.median(ratios), f"{name}_ratio_min": min(ratios),
+            f"{name}_ratio_max": max(ratios), f"reference_{name}": statistics.median(reference)}
+
+
+def measure_against(model: nn.Module, reference: nn.Module, *, img_size: int, in_chans: int, num_classes: int,
+                    config: MeasureConfig, device: torch.device,
+                    autocast: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Speed (inference at batch 1 and N, training steps at N) of ``model`` timed in ``config.rounds`` rounds,
+    each right after the same timing of ``reference``; then its training memory. Throughputs are the median over
+    the rounds with ``_min``/``_max`` (the spread) and ``_ratio`` (model / reference, per round, median)."""
+    out: dict[str, Any] = {}
+    if config.speed:
+        timings: dict[str, tuple[list[float], list[float]]] = {}
+        for _ in range(config.rounds):
+            for batch, tag in ((1, "b1"), (config.batch_size, "bN")):
+                pair = timings.setdefault(f"throughput_{tag}", ([], []))
+                pair[1].append(inference_speed(reference, batch, img_size, in_chans, config, device,
+                                               autocast)["throughput"])
+                pair[0].append(inference_speed(model, batch, img_size, in_chans, config, device,
+                                               autocast)["throughput"])
+            pair = timings.setdefault("train_throughput", ([], []))
+            pair[1].append(train_speed(reference, config.batch_size, img_size, in_chans, num_classes, config, device,
+                                       autocast))
+            pair[0].append(train_speed(model, config.batch_size, img_size, in_chans, num_classes, config, device,
+                                       autocast))
+        for name, (mine, theirs) in timings.items():
+            out.update(_spread(name, mine, theirs))
+        out["latency_b1_ms"] = 1000 / out["throughput_b1"]
+        out["latency_bN_ms"] = 1000 * config.batch_size / out["throughput_bN"]
+        out["measure_batch"], out["rounds"] = config.batch_size, config.rounds
     out.update(train_memory(model, config.batch_size, img_size, in_chans, num_classes, device))
     return out
