@@ -329,5 +329,5 @@ def test_spec_errors_all_at_once_and_undecodable_file(tmp_path) -> None:
         f"  {path}:11: axes[0].values[1]: train.lr: Input should be a valid number, unable to parse string as a "
         f"number (given: 'abc')"]
     path.write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(SweepError, match=r"sweep.yaml: not UTF-8 text \(byte 0: b'\\xff'\)"):
+    with pytest.raises(SweepError, match=r"sweep.yaml:1: the file is not UTF-8 text \(byte 0xff at offset 0\)"):
         Sweep.load(path)
