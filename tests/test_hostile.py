@@ -219,3 +219,9 @@ def test_check_that_raises_is_a_located_problem():
     err = expect_problem({"stem": "conv", "stages": [{"depth": 1, "dim": 16, "token_mixer": "hostile_broken_check"}]},
                          None, "stages[0].token_mixer", "its check failed (ZeroDivisionError")
     assert err.problems[0].file == "<python>"
+
+
+def test_unknown_top_level_key_lists_the_sugar_keys():
+    err = expect_problem({"name": "x", "blok": 1, "stem": "conv", "stages": [{"depth": 1, "dim": 8}]}, None, "blok",
+                         "unknown field 'blok' (did you mean 'block'?)")
+    assert str(err).endswith("stem, stages, head, extends, block, stage_defaults, downsample")

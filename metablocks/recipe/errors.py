@@ -61,6 +61,10 @@ def _message(error: dict[str, Any], raw: Any, loc: tuple[Any, ...], model: type[
     kind = error["type"]
     if kind == "extra_forbidden":
         allowed = _fields_at(model, raw, loc[:-1])
+        if not loc[:-1] and model.__name__ == "Recipe":  # what a user may write on top, beside the resolved fields
+            from metablocks.recipe.loader import SUGAR
+
+            allowed += list(SUGAR)
         hint = did_you_mean(str(loc[-1]), allowed) if allowed else ""
         return f"unknown field {loc[-1]!r}{hint}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
     if kind == "missing":
