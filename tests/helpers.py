@@ -29,3 +29,22 @@ def randomize_bn(model: nn.Module) -> nn.Module:
                 m.running_mean.normal_(0, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
     return model.eval()
+
+
+TINY_RECIPE = """\
+name: tiny
+stem: {type: conv, kernel_size: 3, stride: 2, padding: 1}
+downsample: {type: conv}
+block: {norm: {type: groupnorm, num_groups: 1}}
+stages:
+  - {depth: 1, dim: 8}
+  - {depth: 1, dim: 16}
+"""
+
+
+def tiny_sweep(name: str, rest: str, mixers: str = "pooling, identity") -> str:
+    """A sweep spec over the token mixer of stage 1 of a two-stage 16-px model: ``name``, the tiny base, the mixer axis,
+    then ``rest`` (seeds, data, train, measure: YAML lines at column 0)."""
+    base = "".join(f"  {line}\n" for line in TINY_RECIPE.splitlines())
+    axis = f'  - {{path: "stages[1].token_mixer", values: [{mixers}], name: mixer}}\n'
+    return f"name: {name}\nbase:\n{base}axes:\n{axis}{rest}"

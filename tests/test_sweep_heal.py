@@ -4,7 +4,6 @@ import io
 import json
 import os
 import shutil
-import textwrap
 
 import pytest
 import torch
@@ -15,23 +14,13 @@ from metablocks.sweep import ResultStore, Sweep, SweepError, run_sweep
 from metablocks.sweep.results import REJECTED, SweepDirError
 from metablocks.sweep.driver import report
 from metablocks.train.checkpoint import CorruptFile, load_model_weights, load_weights, save_tensors
+from helpers import tiny_sweep
 
-SPEC = textwrap.dedent("""\
-    name: heal
-    base:
-      name: tiny
-      stem: {type: conv, kernel_size: 3, stride: 2, padding: 1}
-      downsample: {type: conv}
-      block: {norm: {type: groupnorm, num_groups: 1}}
-      stages:
-        - {depth: 1, dim: 8}
-        - {depth: 1, dim: 16}
-    axes:
-      - {path: "stages[1].token_mixer", values: [pooling, identity], name: mixer}
-    data: {source: synthetic, img_size: 16, num_classes: 4, train_size: 32, val_size: 16}
-    train: {epochs: 2, batch_size: 16, threads: 1}
-    measure: {batch_size: 2, warmup: 0, iters: 1, rounds: 2}
-    """)
+SPEC = tiny_sweep("heal", (
+    "data: {source: synthetic, img_size: 16, num_classes: 4, train_size: 32, val_size: 16}\n"
+    "train: {epochs: 2, batch_size: 16, threads: 1}\n"
+    "measure: {batch_size: 2, warmup: 0, iters: 1, rounds: 2}\n"
+))
 
 
 @pytest.fixture(scope="module")

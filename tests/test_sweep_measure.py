@@ -2,7 +2,6 @@
 import io
 import json
 import multiprocessing as mp
-import textwrap
 
 import pytest
 import torch
@@ -11,24 +10,14 @@ import metablocks
 from metablocks.sweep import LocalExecutor, Sweep, run_sweep
 from metablocks.train import measure as measure_module
 from metablocks.train.config import MeasureConfig
+from helpers import tiny_sweep
 
-SPEC = textwrap.dedent("""\
-    name: timed
-    base:
-      name: tiny
-      stem: {type: conv, kernel_size: 3, stride: 2, padding: 1}
-      downsample: {type: conv}
-      block: {norm: {type: groupnorm, num_groups: 1}}
-      stages:
-        - {depth: 1, dim: 8}
-        - {depth: 1, dim: 16}
-    axes:
-      - {path: "stages[1].token_mixer", values: [pooling, identity], name: mixer}
-    seeds: [0, 1]
-    data: {source: synthetic, img_size: 16, num_classes: 4, train_size: 32, val_size: 16}
-    train: {epochs: 1, batch_size: 16, threads: 1}
-    measure: {batch_size: 2, warmup: 0, iters: 1, rounds: 3}
-    """)
+SPEC = tiny_sweep("timed", (
+    "seeds: [0, 1]\n"
+    "data: {source: synthetic, img_size: 16, num_classes: 4, train_size: 32, val_size: 16}\n"
+    "train: {epochs: 1, batch_size: 16, threads: 1}\n"
+    "measure: {batch_size: 2, warmup: 0, iters: 1, rounds: 3}\n"
+))
 
 
 def _lines(out) -> list[dict]:

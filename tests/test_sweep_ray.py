@@ -3,30 +3,19 @@ import json
 import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import tiny_sweep
 
 pytest.importorskip("ray")
 
-SPEC = textwrap.dedent("""\
-    name: on_ray
-    base:
-      name: tiny
-      stem: {type: conv, kernel_size: 3, stride: 2, padding: 1}
-      downsample: {type: conv}
-      block: {norm: {type: groupnorm, num_groups: 1}}
-      stages:
-        - {depth: 1, dim: 8}
-        - {depth: 1, dim: 16}
-    axes:
-      - {path: "stages[1].token_mixer", values: [pooling, identity], name: mixer}
-    seeds: [0, 1]
-    data: {source: synthetic, img_size: 16, num_classes: 4, train_size: 64, val_size: 32}
-    train: {epochs: 1, batch_size: 16, threads: 1}
-    measure: {batch_size: 4, warmup: 0, iters: 1}
-    """)
+SPEC = tiny_sweep("on_ray", (
+    "seeds: [0, 1]\n"
+    "data: {source: synthetic, img_size: 16, num_classes: 4, train_size: 64, val_size: 32}\n"
+    "train: {epochs: 1, batch_size: 16, threads: 1}\n"
+    "measure: {batch_size: 4, warmup: 0, iters: 1}\n"
+))
 
 
 def _free_port() -> int:

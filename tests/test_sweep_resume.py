@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
@@ -12,23 +11,13 @@ import torch
 from safetensors.torch import load_file
 
 from metablocks.sweep import Sweep, run_sweep
+from helpers import tiny_sweep
 
-SPEC = textwrap.dedent("""\
-    name: killme
-    base:
-      name: tiny
-      stem: {type: conv, kernel_size: 3, stride: 2, padding: 1}
-      downsample: {type: conv}
-      block: {norm: {type: groupnorm, num_groups: 1}}
-      stages:
-        - {depth: 1, dim: 8}
-        - {depth: 1, dim: 16}
-    axes:
-      - {path: "stages[1].token_mixer", values: [pooling, identity, sepconv], name: mixer}
-    data: {source: synthetic, img_size: 16, num_classes: 4, train_size: 384, val_size: 64}
-    train: {epochs: 4, batch_size: 16, threads: 1}
-    measure: {batch_size: 4, warmup: 0, iters: 1, speed: false}
-    """)
+SPEC = tiny_sweep("killme", (
+    "data: {source: synthetic, img_size: 16, num_classes: 4, train_size: 384, val_size: 64}\n"
+    "train: {epochs: 4, batch_size: 16, threads: 1}\n"
+    "measure: {batch_size: 4, warmup: 0, iters: 1, speed: false}\n"
+), mixers="pooling, identity, sepconv")
 
 
 def _wait_for(condition, timeout: float, proc: subprocess.Popen) -> None:
