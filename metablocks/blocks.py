@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 from torch import Tensor, nn
 
 from metablocks.components.acts import inplace_act
-from metablocks.fields import Scale
+from metablocks.fields import MAX_IMG_SIZE, Probability, Scale, Width
 from metablocks.layout import permutation, resolve
 from metablocks.registry import Component, Context, Layout, Ref, did_you_mean
 
@@ -199,6 +199,19 @@ def overwritable(y: Tensor, x: Tensor) -> bool:
             and y.untyped_storage().data_ptr() != x.untyped_storage().data_ptr())
 
 
+Side = Annotated[int, Strict(), Field(ge=1, le=MAX_IMG_SIZE)]
+
+
+class BlockArgs(BaseModel):
+    """The arguments of a standalone block beside its config, bounded like a recipe's."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    dim: Width
+    resolution: tuple[Side, Side] | None = None
+    drop_path: Probability = 0.0
+
+
 def MetaFormerBlock(dim: int, *, resolution: tuple[int, int] | None = None, drop_path: float = 0.0,
                     **config: Any) -> Block:
     """A standalone block taking and returning (B, C, H, W): ``MetaFormerBlock(dim=64, token_mixer="pooling")``.
@@ -208,6 +221,7 @@ def MetaFormerBlock(dim: int, *, resolution: tuple[int, int] | None = None, drop
     """
     from metablocks.recipe.errors import validate
 
+    validate(BlockArgs, {"dim": dim, "resolution": resolution, "drop_path": drop_path}, source="MetaFormerBlock(...)")
     block_config = validate(BlockConfig, config, source="MetaFormerBlock(...)")
     from metablocks.recipe.errors import check_block
 

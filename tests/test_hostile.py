@@ -225,3 +225,15 @@ def test_unknown_top_level_key_lists_the_sugar_keys():
     err = expect_problem({"name": "x", "blok": 1, "stem": "conv", "stages": [{"depth": 1, "dim": 8}]}, None, "blok",
                          "unknown field 'blok' (did you mean 'block'?)")
     assert str(err).endswith("stem, stages, head, extends, block, stage_defaults, downsample")
+
+
+@pytest.mark.parametrize("kwargs, text", [
+    ({"dim": -5}, "dim: Input should be greater than or equal to 1 (given: -5)"),
+    ({"dim": 16.5}, "dim: Input should be a valid integer (given: 16.5)"),
+    ({"dim": 16, "resolution": (0, 3)}, "resolution.0: Input should be greater than or equal to 1"),
+    ({"dim": 16, "drop_path": 1.0}, "drop_path: Input should be less than 1 (given: 1.0)"),
+])
+def test_block_arguments(kwargs, text):
+    with pytest.raises(RecipeError) as info:
+        metablocks.MetaFormerBlock(**kwargs)
+    assert text in str(info.value).replace("resolution[0]", "resolution.0")
