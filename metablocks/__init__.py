@@ -6,8 +6,9 @@
 from metablocks.blocks import Block, BlockConfig, MetaFormerBlock, register_block_shape
 from metablocks.deploy import deploy
 from metablocks.model import MetaModel, build_model, create_model
-from metablocks.recipe.checks import check_recipe
 from metablocks.recipe import Recipe, RecipeError, load_recipe, shipped_recipes
+from metablocks.recipe.checks import check_recipe
+from metablocks.recipe.limits import limits
 from metablocks.registry import Component, Context, Ref, register
 
 __version__ = "0.1.0"
@@ -28,5 +29,5 @@ def list_components(kind: str | None = None) -> dict[str, list[str]] | list[str]
 
 
 __all__ = ["Block", "BlockConfig", "Component", "Context", "MetaFormerBlock", "MetaModel", "Recipe", "RecipeError", "Ref",
-           "build_model", "check_recipe", "create_model", "deploy", "list_components", "list_recipes", "load_recipe", "register",
+           "build_model", "check_recipe", "create_model", "deploy", "limits", "list_components", "list_recipes", "load_recipe", "register",
            "register_block_shape"]

@@ -16,7 +16,7 @@ import torch
 
 import metablocks
 from metablocks import RecipeError, load_recipe
-from metablocks.recipe.limits import limits
+from metablocks import limits
 
 HOSTILE = Path(__file__).parent / "hostile"
 CASES = sorted(HOSTILE.glob("*.yaml"))
