@@ -237,3 +237,17 @@ def test_block_arguments(kwargs, text):
     with pytest.raises(RecipeError) as info:
         metablocks.MetaFormerBlock(**kwargs)
     assert text in str(info.value).replace("resolution[0]", "resolution.0")
+
+
+def test_downsample_with_a_norm_on_each_side():
+    recipe = {"name": "x", "img_size": 32, "stem": {"type": "conv", "kernel_size": 4, "stride": 4, "padding": 0},
+              "stages": [{"depth": 1, "dim": 16}, {"depth": 1, "dim": 32, "downsample": {
+                  "type": "conv", "kernel_size": 2, "stride": 2, "padding": 0, "norm": "layernorm",
+                  "post_norm": {"type": "groupnorm", "num_groups": 4}}}]}
+    model = runs(recipe)
+    names = [k for k in model.state_dict() if k.startswith("stages.1.downsample")]
+    assert names == [f"stages.1.downsample.{k}" for k in ("norm.weight", "norm.bias", "conv.weight", "conv.bias",
+                                                          "post_norm.weight", "post_norm.bias")]
+    bad = {**recipe, "stages": [recipe["stages"][0], {**recipe["stages"][1], "downsample": {
+        **recipe["stages"][1]["downsample"], "post_norm": {"type": "groupnorm", "num_groups": 3}}}]}
+    expect_problem(bad, None, "stages[1].downsample.post_norm", "num_groups=3 does not divide dim=32")
