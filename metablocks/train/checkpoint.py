@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-MODEL, OPTIM = "model.", "optim."
+MODEL, OPTIM, EXTRA = "model.", "optim.", "extra."
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -29,8 +29,11 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    scaler: torch.amp.GradScaler | None, state: dict[str, Any]) -> None:
+                    scaler: torch.amp.GradScaler | None, state: dict[str, Any],
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
+    """``extra``: more tensors to keep with the checkpoint (the EMA weights), read back by ``load_extra``."""
     tensors = {MODEL + k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({EXTRA + k: v.detach().cpu().clone().contiguous() for k, v in (extra or {}).items()})
     optim = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for index, entry in optim["state"].items():
@@ -73,6 +76,12 @@ def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
     if scaler is not None and saved_scaler is not None:
         scaler.load_state_dict(saved_scaler)
     return json.loads(metadata["state"])
+
+
+def load_extra(path: Path) -> dict[str, torch.Tensor]:
+    """The ``extra`` tensors ``save_checkpoint`` was given."""
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        return {key[len(EXTRA):]: f.get_tensor(key) for key in f.keys() if key.startswith(EXTRA)}
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
