@@ -96,9 +96,12 @@ class Pipeline:
 
     def _loader(self, dataset: Dataset, sampler: Sampler, batch_size: int) -> DataLoader:
         workers = self.data.workers
+        # its own generator: the workers' base seed is then not drawn from the global one (which drop path draws
+        # from), so runs with and without (persistent) workers, and resumed runs, draw the same drop paths
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=self.pin,
                           drop_last=False, persistent_workers=self.data.persistent_workers and workers > 0,
-                          prefetch_factor=self.data.prefetch_factor if workers > 0 else None)
+                          prefetch_factor=self.data.prefetch_factor if workers > 0 else None,
+                          generator=torch.Generator().manual_seed(self.seed))
 
     # -- batches -------------------------------------------------------------------------------------------------
     @property

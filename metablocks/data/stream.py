@@ -125,12 +125,33 @@ class PlainResize:
         return to_uint8(image.resize((self.size, self.size), Image.Resampling.BILINEAR))
 
 
+def _posterize_keeping_zero_bits(img: Any, bits_to_keep: int, **_: Any) -> Any:
+    """PIL's posterize, with 0 bits giving the black image Pillow < 12 gave (Pillow 12+ raises): RandAugment's
+    'PosterizeIncreasing' asks for 0 bits at magnitude 10, which ``mstd0.5`` reaches."""
+    from PIL import ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return img.point(lambda _: 0)
+    return ImageOps.posterize(img, bits_to_keep)
+
+
+def _fix_timm_posterize() -> None:
+    from timm.data import auto_augment
+
+    for name in ("Posterize", "PosterizeIncreasing", "PosterizeOriginal"):
+        if name in auto_augment.NAME_TO_OP:
+            auto_augment.NAME_TO_OP[name] = _posterize_keeping_zero_bits
+
+
 def timm_train_transform(config: TransformConfig, img_size: int, mean: tuple[float, ...],
                          std: tuple[float, ...]) -> Callable[[Any], Tensor]:
     """``timm.data.create_transform(is_training=True)`` with the settings of ``config``: PIL in, normalized float
     (C, H, W) out, random erasing included."""
     from timm.data import create_transform
 
+    _fix_timm_posterize()
     return create_transform(img_size, is_training=True, scale=config.scale, ratio=config.ratio, hflip=config.hflip,
                             vflip=config.vflip, color_jitter=config.color_jitter, auto_augment=config.auto_augment,
                             interpolation=config.interpolation, mean=mean, std=std, re_prob=config.re_prob,
