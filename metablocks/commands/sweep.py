@@ -26,6 +26,11 @@ def register(subparsers: Any) -> None:
     run.add_argument("--address", default=None, help="ray: cluster address (auto, host:6379, ray://host:10001); "
                      "default: RAY_ADDRESS or a new local Ray")
     run.add_argument("--cpus-per-run", type=float, default=1.0, help="ray: CPUs each run's task reserves")
+    run.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: GPUs each run's placement group reserves "
+                     "(a fraction shares a GPU; 2 or more: the run trains data-parallel over them)")
+    run.add_argument("--data", default=None, help="replace the spec's data source (e.g. imagefolder)")
+    run.add_argument("--data-path", default=None, help="replace the spec's data path (e.g. an ImageNet folder with "
+                     "train/ and val/)")
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=do_run)
@@ -95,9 +100,15 @@ def do_run(args: argparse.Namespace) -> int:
     from metablocks.sweep import Sweep, run_sweep
 
     sweep = Sweep.load(args.spec)
+    data = {k: v for k, v in (("source", args.data), ("path", args.data_path)) if v is not None}
+    if data:  # --data / --data-path: the same spec on other data
+        from metablocks.data import DataConfig
+
+        spec = sweep.spec.model_copy(update={"data": DataConfig.model_validate({**sweep.spec.data.model_dump(), **data})})
+        sweep = Sweep(spec, raw=sweep.raw, file=sweep.file)
     out = Path(args.out) if args.out else _default_out(sweep.spec)
     records = run_sweep(sweep, out, executor=args.executor, workers=args.workers, address=args.address,
-                        cpus_per_run=args.cpus_per_run, retry_failed=args.retry_failed, progress=not args.no_progress)
+                        cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, retry_failed=args.retry_failed, progress=not args.no_progress)
     ok = sum(r["status"] == "ok" for r in records)
     print(f"{ok} of {len(records)} runs ok; results in {out}/results.jsonl, table {out}/results.md, plots {out}/plots/")
     print((out / "results.md").read_text())

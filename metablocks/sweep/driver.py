@@ -36,7 +36,7 @@ def write_plan(directory: Path, sweep: Sweep, runs: list[RunSpec]) -> None:
 
 def run_sweep(source: str | Path | Mapping[str, Any] | SweepSpec | Sweep, out_dir: str | Path, *,
               executor: str = "local", workers: int = 1, address: str | None = None, cpus_per_run: float = 1.0,
-              retry_failed: bool = False, progress: bool = True, bars: bool | None = None,
+              gpus_per_run: float = 0.0, retry_failed: bool = False, progress: bool = True, bars: bool | None = None,
               stream: TextIO | None = None) -> list[dict[str, Any]]:
     """Run every run of the sweep not finished yet in ``out_dir``; returns the latest record of each planned run.
 
@@ -66,7 +66,7 @@ def run_sweep(source: str | Path | Mapping[str, Any] | SweepSpec | Sweep, out_di
             write_tables(out, [r for r in store.latest().values() if r["run_id"] in planned], columns)
             bar.run_finished(record["config"] + f" seed={record['seed']}", _summary(record))
 
-        runner = RayExecutor(address, cpus_per_run) if executor == "ray" else LocalExecutor(workers)
+        runner = RayExecutor(address, cpus_per_run, gpus_per_run) if executor == "ray" else LocalExecutor(workers)
         try:
             runner.execute(pending, out, on_done, bar)
         finally:
