@@ -4,8 +4,8 @@
 
 Writes synthetic JPEG image folders (10 classes, ``--px`` pixels square, generated once under ``--root``; keep
 them out of the repository), then trains one epoch of a narrow version of the mixer-ablation demo's model
-(examples/mixer_ablation.yaml with widths 16/32/48, at 64 px, batch 64, one torch thread) from each: with the streaming loader at every size, and with the in-memory
-path at the smallest size. Each run is a fresh child process; the parent samples the child's process tree every
+(examples/mixer_ablation.yaml with widths 16/32/48, at 64 px, batch 64, one torch thread) from each: with the
+streaming loader at every size, and with the in-memory path at the smallest size. Each run is a fresh child process; the parent samples the child's process tree every
 20 ms for peak memory: RSS of the training process, and PSS summed over it and its DataLoader workers (PSS counts
 pages the processes share once, where summed RSS would count them once per process). Images/s is the training loop's
 (every step, the wait for the loader included; the in-memory path's up-front decode is not in it, it is in the wall
@@ -84,8 +84,9 @@ def run_child(folder: Path, loader: str, workers: int, img_size: int) -> dict:
         while not stop.is_set():
             pids = _tree(proc.pid)
             peak["rss_main_mb"] = max(peak["rss_main_mb"], _kib(f"/proc/{proc.pid}/status", "VmRSS:") / 1024)
-            peak["pss_tree_mb"] = max(peak["pss_tree_mb"], sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids) / 1024)
-            peak["rss_tree_mb"] = max(peak["rss_tree_mb"], sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in pids) / 1024)
+            pss = sum(_kib(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids) / 1024
+            rss = sum(_kib(f"/proc/{p}/status", "VmRSS:") for p in pids) / 1024
+            peak["pss_tree_mb"], peak["rss_tree_mb"] = max(peak["pss_tree_mb"], pss), max(peak["rss_tree_mb"], rss)
             peak["processes"] = max(peak["processes"], len(pids))
             time.sleep(0.02)
 
@@ -163,7 +164,8 @@ def main() -> None:
     def median(loader: str, files: int, key: str) -> float:
         return statistics.median(r[key] for r in rows if r["loader"] == loader and r["files"] == files)
 
-    ratios = [s["images_per_s"] / m["images_per_s"] for s, m in zip(rows[0:2 * args.rounds:2], rows[1:2 * args.rounds:2])]
+    pairs = zip(rows[0:2 * args.rounds:2], rows[1:2 * args.rounds:2])  # (stream, memory) of each round
+    ratios = [s["images_per_s"] / m["images_per_s"] for s, m in pairs]
     print(f"\nimages/s at {small} files: stream {median('stream', small, 'images_per_s'):.0f}, memory "
           f"{median('memory', small, 'images_per_s'):.0f}; stream/memory per round {[round(r, 3) for r in ratios]}, "
           f"median {statistics.median(ratios):.3f}")

@@ -106,3 +106,30 @@ def test_pipeline_normalizes_streamed_batches_with_the_given_statistics(folder) 
     imagenet = Pipeline(data.model_copy(update={"mean": None, "std": None}), transform=None, batch_size=8,
                         eval_batch_size=16, seed=0, device=torch.device("cpu"))
     assert imagenet.mean == (0.485, 0.456, 0.406) and imagenet.std == (0.229, 0.224, 0.225)
+
+
+def test_sweep_run_streams_an_image_folder_given_on_the_command_line(folder, tmp_path, capsys) -> None:
+    import json
+    import textwrap
+
+    from metablocks.cli import main
+
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(textwrap.dedent(f"""\
+        name: on_folder
+        base: {json.dumps(TINY)}
+        axes:
+          - {{path: "stages[1].token_mixer", values: [pooling, identity], name: mixer}}
+        data: {{source: synthetic, img_size: 12, workers: 1, mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25]}}
+        train: {{epochs: 1, batch_size: 8, threads: 1, track: []}}
+        measure: {{batch_size: 2, warmup: 0, iters: 1, speed: false}}
+        """))
+    out = tmp_path / "out"
+    assert main(["sweep", "run", str(spec), "--out", str(out), "--data", "imagefolder", "--data-path", str(folder),
+                 "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    assert all(r["data_loader"] == "stream (1 workers)" and r["train_size"] == 48 and r["num_classes"] == 3
+               for r in records)
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["spec"]["data"]["source"] == "imagefolder" and plan["spec"]["data"]["path"] == str(folder)

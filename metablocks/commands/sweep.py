@@ -84,7 +84,10 @@ def _sizes(sweep: Any, runs: list[Any]) -> dict[str, tuple[str, str]]:
     from metablocks.data import load_splits
     from metablocks.model import build_model
 
-    splits = load_splits(sweep.spec.data)  # for the classes and channels the models are built with
+    from metablocks.data.stream import list_image_folder, streamable
+
+    # the classes and channels the models are built with (a streamed folder is listed, not decoded)
+    splits = list_image_folder(sweep.spec.data) if streamable(sweep.spec.data) else load_splits(sweep.spec.data)
     out = {}
     for r in runs:
         if r.config_key in out or r.invalid:
@@ -100,15 +103,17 @@ def do_run(args: argparse.Namespace) -> int:
     from metablocks.sweep import Sweep, run_sweep
 
     sweep = Sweep.load(args.spec)
-    data = {k: v for k, v in (("source", args.data), ("path", args.data_path)) if v is not None}
-    if data:  # --data / --data-path: the same spec on other data
+    given = {k: v for k, v in (("source", args.data), ("path", args.data_path)) if v is not None}
+    if given:  # --data / --data-path: the same spec on other data
         from metablocks.data import DataConfig
 
-        spec = sweep.spec.model_copy(update={"data": DataConfig.model_validate({**sweep.spec.data.model_dump(), **data})})
+        data = DataConfig.model_validate({**sweep.spec.data.model_dump(), **given})
+        spec = sweep.spec.model_copy(update={"data": data})
         sweep = Sweep(spec, raw=sweep.raw, file=sweep.file)
     out = Path(args.out) if args.out else _default_out(sweep.spec)
     records = run_sweep(sweep, out, executor=args.executor, workers=args.workers, address=args.address,
-                        cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, retry_failed=args.retry_failed, progress=not args.no_progress)
+                        cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, retry_failed=args.retry_failed,
+                        progress=not args.no_progress)
     ok = sum(r["status"] == "ok" for r in records)
     print(f"{ok} of {len(records)} runs ok; results in {out}/results.jsonl, table {out}/results.md, plots {out}/plots/")
     print((out / "results.md").read_text())

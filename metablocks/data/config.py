@@ -104,7 +104,8 @@ class TransformConfig(BaseModel):
     hflip: float = Field(0.5, ge=0, le=1)  # probability of a horizontal flip
     vflip: float = Field(0.0, ge=0, le=1)
     color_jitter: float | None = Field(0.4, ge=0)  # brightness/contrast/saturation; timm turns it off under RandAugment
-    auto_augment: str | None = None  # "rand-m9-mstd0.5-inc1" (RandAugment), "original" / "v0" (AutoAugment), "augmix-m5-w3"
+    # "rand-m9-mstd0.5-inc1" (RandAugment), "original" / "v0" (AutoAugment), "augmix-m5-w3" (AugMix)
+    auto_augment: str | None = None
     interpolation: Literal["bilinear", "bicubic", "random"] = "bilinear"
     re_prob: float = Field(0.0, ge=0, le=1)  # random erasing probability (after normalization)
     re_mode: Literal["const", "rand", "pixel"] = "const"

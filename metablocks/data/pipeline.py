@@ -69,8 +69,9 @@ class Pipeline:
 
     # -- set-up --------------------------------------------------------------------------------------------------
     def _memory(self, splits: Splits) -> None:
-        self.val_batches: Batches | DataLoader = Batches(splits.val_x, splits.val_y, self.eval_batch_size, shuffle=False,
-                                                         drop_last=False, rank=self.rank, world=self.world)
+        self.val_batches: Batches | DataLoader = Batches(splits.val_x, splits.val_y, self.eval_batch_size,
+                                                         shuffle=False, drop_last=False, rank=self.rank,
+                                                         world=self.world)
         if self.transform is None:
             self.train_batches: Batches | DataLoader = Batches(
                 splits.train_x, splits.train_y, self.batch_size, shuffle=True, drop_last=True, rank=self.rank,

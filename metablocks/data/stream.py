@@ -212,7 +212,8 @@ class _Images(Dataset):
 class ImageFiles(_Images):
     """Image files decoded on access (PIL), converted to ``channels``, then ``transform``."""
 
-    def __init__(self, files: np.ndarray, labels: np.ndarray, channels: int, transform: Callable[[Any], Tensor]) -> None:
+    def __init__(self, files: np.ndarray, labels: np.ndarray, channels: int,
+                 transform: Callable[[Any], Tensor]) -> None:
         self.files, self.labels, self.mode, self.transform = files, labels, pil_mode(channels), transform
 
     def image(self, index: int) -> Any:
