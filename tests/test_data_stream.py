@@ -133,3 +133,36 @@ def test_sweep_run_streams_an_image_folder_given_on_the_command_line(folder, tmp
                for r in records)
     plan = json.loads((out / "plan.json").read_text())
     assert plan["spec"]["data"]["source"] == "imagefolder" and plan["spec"]["data"]["path"] == str(folder)
+
+
+def test_a_streamed_run_with_timm_transforms_resumes_exactly(folder, tmp_path) -> None:
+    config = TrainConfig(epochs=3, batch_size=8, threads=1, track=(), warmup_epochs=0, drop_path=0.1,
+                         transform={"auto_augment": "rand-m9-mstd0.5-inc1", "re_prob": 0.5})
+    data = DataConfig(source="imagefolder", path=str(folder), img_size=12, workers=2, **STATS)
+    straight = train(TINY, data=data, config=config)
+
+    class Stop(Exception):
+        pass
+
+    class Interrupt:
+        def __init__(self, *args):
+            self.n = 0
+
+        def step(self, loss):
+            self.n += 1
+            if self.n == 8:  # in the second epoch (6 steps per epoch), persistent workers running
+                raise Stop
+
+        def epoch(self, *args):
+            pass
+
+        def close(self):
+            pass
+
+    with pytest.raises(Stop):
+        train(TINY, data=data, config=config, out_dir=tmp_path, make_progress=Interrupt)
+    resumed = train(TINY, data=data, config=config, out_dir=tmp_path)
+    assert resumed["resumed_from"] == [1]
+    assert [c["train_loss"] for c in resumed["curves"]] == [c["train_loss"] for c in straight["curves"]]
+    a, b = straight["_model"].state_dict(), resumed["_model"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

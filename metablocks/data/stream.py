@@ -251,7 +251,7 @@ class EpochShards(DistributedSampler):
         self.size, self.global_batch, self.shuffle, self.drop_last = size, batch_size * world, shuffle, drop_last
         self.rank, self.num_replicas, self.seed, self.epoch = rank, world, seed, 0
         usable = size // self.global_batch * self.global_batch if drop_last else size
-        self.num_samples = len(range(rank, usable, world))
+        self.num_samples, self.total_size = len(range(rank, usable, world)), usable  # DistributedSampler's fields
 
     def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
         if self.shuffle:
