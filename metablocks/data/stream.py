@@ -231,6 +231,8 @@ class ImageFiles(_Images):
                  transform: Callable[[Any], Tensor]) -> None:
         self.files, self.labels, self.mode, self.transform = files, labels, pil_mode(channels), transform
         self.fast = channels == 3 and getattr(transform, "takes_tensors", False)
+        if self.fast:
+            self._decode("")  # import torchvision's decoders here, before the workers fork: their pages are shared
 
     def image(self, index: int) -> Any:
         if self.fast and self.files[index].lower().endswith(self.FAST_SUFFIXES):
