@@ -27,6 +27,11 @@ def register(subparsers: Any) -> None:
     run.add_argument("--address", default=None, help="ray: cluster address (auto, host:6379, ray://host:10001); "
                      "default: RAY_ADDRESS or a new local Ray")
     run.add_argument("--cpus-per-run", type=float, default=1.0, help="ray: CPUs each run's task reserves")
+    run.add_argument("--gpus-per-run", type=float, default=0.0, help="ray: GPUs each run's placement group reserves "
+                     "(a fraction shares a GPU; 2 or more: the run trains data-parallel over them)")
+    run.add_argument("--data", default=None, help="replace the spec's data source (e.g. imagefolder)")
+    run.add_argument("--data-path", default=None, help="replace the spec's data path (e.g. an ImageNet folder with "
+                     "train/ and val/)")
     run.add_argument("--retry-failed", action="store_true", help="run failed runs again")
     run.add_argument("--no-progress", action="store_true")
     run.set_defaults(func=do_run)
@@ -86,7 +91,10 @@ def _sizes(sweep: Any, runs: list[Any]) -> dict[str, tuple[str, str]]:
     from metablocks.data import load_splits
     from metablocks.model import build_model
 
-    splits = load_splits(sweep.spec.data)  # for the classes and channels the models are built with
+    from metablocks.data.stream import list_image_folder, streamable
+
+    # the classes and channels the models are built with (a streamed folder is listed, not decoded)
+    splits = list_image_folder(sweep.spec.data) if streamable(sweep.spec.data) else load_splits(sweep.spec.data)
     out = {}
     for r in runs:
         if r.config_key in out or r.invalid:
@@ -103,10 +111,19 @@ def do_run(args: argparse.Namespace) -> int:
     from metablocks.sweep.results import SweepDirError, SweepLocked
 
     sweep = Sweep.load(args.spec)
+    given = {k: v for k, v in (("source", args.data), ("path", args.data_path)) if v is not None}
+    if given:  # --data / --data-path: the same spec on other data
+        from metablocks.data import DataConfig
+        from metablocks.recipe.errors import validate
+
+        data = validate(DataConfig, {**sweep.spec.data.model_dump(), **given}, source="command line")
+        spec = sweep.spec.model_copy(update={"data": data})
+        sweep = Sweep(spec, raw=sweep.raw, file=sweep.file)
     out = Path(args.out) if args.out else _default_out(sweep.spec)
     try:
         records = run_sweep(sweep, out, executor=args.executor, workers=args.workers, address=args.address,
-                            cpus_per_run=args.cpus_per_run, retry_failed=args.retry_failed,
+                            cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run,
+                            retry_failed=args.retry_failed,
                             progress=not args.no_progress)
     except (SweepDirError, SweepLocked) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -20,20 +20,24 @@ def _scalar(annotation: Any) -> type | None:
         return annotation
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return args[0] if len(args) == 1 and args[0] in SCALARS else None
+        return _scalar(args[0]) if len(args) == 1 else None
     if typing.get_origin(annotation) is typing.Literal:
         return str
     return None
 
 
+FLAG_NAMES = {"recipe": "--train-recipe"}  # fields whose flag would read as something else (the model recipe)
+
+
 def add_train_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per scalar field of TrainConfig (``--epochs``, ``--batch-size``, ``--lr``, ...)."""
+    """One flag per scalar field of TrainConfig (``--epochs``, ``--batch-size``, ``--lr``, ...), and the most used
+    settings of the nested ones (``--aa``, ``--mixup``, ``--cutmix``, ``--reprob``, ``--ema-decay``, ``--track``)."""
     group = parser.add_argument_group("training (TrainConfig)")
     for name, field in TrainConfig.model_fields.items():
         kind = _scalar(field.annotation)
         if kind is None:
             continue
-        flag = "--" + name.replace("_", "-")
+        flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
         if kind is bool:
             group.add_argument(flag, dest=f"train_{name}", action=argparse.BooleanOptionalAction, default=None,
                                help=f"(default {field.default})")
@@ -42,8 +46,34 @@ def add_train_flags(parser: argparse.ArgumentParser) -> None:
                                help=f"(default {field.default})")
 
 
+    nested = parser.add_argument_group("augmentation and regularization (timm; also set by --train-recipe)")
+    nested.add_argument("--aa", dest="nested_transform.auto_augment", default=None, metavar="POLICY",
+                        help="timm per-image transform with this RandAugment/AutoAugment policy, e.g. "
+                             "rand-m9-mstd0.5-inc1 (random-resized crop and flips come with it)")
+    nested.add_argument("--reprob", dest="nested_transform.re_prob", type=float, default=None, metavar="P",
+                        help="random erasing probability (timm transform)")
+    nested.add_argument("--mixup", dest="nested_mixup.mixup_alpha", type=float, default=None, metavar="ALPHA",
+                        help="Mixup alpha (without a recipe the CutMix alpha is then 0 unless --cutmix is given)")
+    nested.add_argument("--cutmix", dest="nested_mixup.cutmix_alpha", type=float, default=None, metavar="ALPHA",
+                        help="CutMix alpha (without a recipe the Mixup alpha is then 0 unless --mixup is given)")
+    nested.add_argument("--ema-decay", dest="nested_ema.decay", type=float, default=None, metavar="DECAY",
+                        help="keep and evaluate an EMA of the weights with this decay")
+    nested.add_argument("--track", dest="train_track", nargs="*", default=None, metavar="BACKEND",
+                        choices=["tensorboard", "mlflow", "wandb"],
+                        help="experiment tracking beside result.json (default: tensorboard; none: --track)")
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    given = {k[len("train_"):]: v for k, v in vars(args).items() if k.startswith("train_") and v is not None}
+    given: dict[str, Any] = {k[len("train_"):]: v for k, v in vars(args).items()
+                             if k.startswith("train_") and v is not None}
+    for key, value in vars(args).items():
+        if key.startswith("nested_") and value is not None:
+            section, field = key[len("nested_"):].split(".")
+            given.setdefault(section, {})[field] = value
+    if "mixup" in given and given.get("recipe") is None:  # one alpha given alone: only that mix
+        given["mixup"] = {"mixup_alpha": 0.0, "cutmix_alpha": 0.0, **given["mixup"]}
+    if "track" in given:
+        given["track"] = tuple(given["track"])
     return TrainConfig(**given)
 
 
@@ -61,6 +91,9 @@ def register(subparsers: Any) -> None:
     data.add_argument("--limit-val", type=int, default=None)
     data.add_argument("--crop-padding", type=int, default=2, help="random translation in pixels (0: none)")
     data.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    data.add_argument("--loader", choices=["auto", "memory", "stream"], default="auto",
+                      help="stream: read images from disk every epoch in DataLoader workers (auto: for imagefolder)")
+    data.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     add_train_flags(p)
     p.add_argument("--out", default=None, help="directory for checkpoint.safetensors, model.safetensors and "
                    "result.json; an existing checkpoint there is resumed")
@@ -77,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     from metablocks.train.progress import Progress
 
     data = DataConfig(source=args.data, path=args.data_path, img_size=args.img_size, limit_train=args.limit_train,
-                      limit_val=args.limit_val, augment=AugmentConfig(crop_padding=args.crop_padding, hflip=args.hflip))
+                      limit_val=args.limit_val, augment=AugmentConfig(crop_padding=args.crop_padding, hflip=args.hflip),
+                      loader=args.loader, workers=args.workers)
     config = train_config(args)
     world = init_world(config.device)
     progress = Progress(enabled=not args.no_progress and world.main)

@@ -87,7 +87,7 @@ def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor
     return torch.cat(train).sort().values, torch.cat(val).sort().values
 
 
-def _need_path(config: DataConfig) -> Path:
+def need_path(config: DataConfig) -> Path:
     if config.path is None:
         raise ValueError(f"data source {config.source!r} needs path: the local directory of the data")
     path = Path(config.path).expanduser()
@@ -135,7 +135,7 @@ def _unpickle(path: Path) -> dict:
 
 def _cifar(config: DataConfig, folder: str, train_files: list[str], test_file: str, label_key: bytes,
            meta_file: str, names_key: bytes) -> Splits:
-    root = _need_path(config)
+    root = need_path(config)
     if (root / folder).is_dir():
         root = root / folder
     missing = [name for name in (*train_files, test_file) if not (root / name).is_file()]
@@ -194,7 +194,7 @@ def _read_folder(root: Path, classes: list[str], size: int, channels: int) -> tu
 def imagefolder(config: DataConfig) -> Splits:
     """``path/<class>/*.png`` (held-out share by ``val_fraction``) or ``path/train/<class>`` + ``path/val/<class>``,
     decoded once into memory at img_size (``channels``: 3 for RGB, 1 for greyscale)."""
-    root = _need_path(config)
+    root = need_path(config)
     channels = 1 if config.channels == 1 else 3
     if (root / "train").is_dir() and (root / "val").is_dir():
         classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())

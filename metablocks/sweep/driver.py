@@ -88,7 +88,7 @@ def heal(directory: Path, store: ResultStore, runs: list[RunSpec]) -> tuple[list
 
 def run_sweep(source: str | Path | Mapping[str, Any] | SweepSpec | Sweep, out_dir: str | Path, *,
               executor: str = "local", workers: int = 1, address: str | None = None, cpus_per_run: float = 1.0,
-              retry_failed: bool = False, progress: bool = True, bars: bool | None = None,
+              gpus_per_run: float = 0.0, retry_failed: bool = False, progress: bool = True, bars: bool | None = None,
               stream: TextIO | None = None) -> list[dict[str, Any]]:
     """Run every run of the sweep not finished yet in ``out_dir``, then measure the configurations not measured
     yet; returns the latest record of each planned run (with its configuration's ``measurement``).
@@ -127,7 +127,7 @@ def run_sweep(source: str | Path | Mapping[str, Any] | SweepSpec | Sweep, out_di
             tables()
             bar.run_finished(record["config"] + f" seed={record['seed']}", _summary(record))
 
-        runner = RayExecutor(address, cpus_per_run) if executor == "ray" else LocalExecutor(workers)
+        runner = RayExecutor(address, cpus_per_run, gpus_per_run) if executor == "ray" else LocalExecutor(workers)
         try:
             runner.execute(pending, out, on_done, bar)
         finally:

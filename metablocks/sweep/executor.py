@@ -63,7 +63,8 @@ def execute_run(run: dict[str, Any], sweep_dir: str, *, threads: int | None = No
     spec = RunSpec.from_dict(run)
     run_dir = Path(sweep_dir) / "runs" / spec.run_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = _lock_run_dir(run_dir)
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun (several GPUs per run) only rank 0 locks and writes
+    fd = _lock_run_dir(run_dir) if main else None
     start = time.perf_counter()
     try:
         if spec.invalid:
@@ -81,10 +82,14 @@ def execute_run(run: dict[str, Any], sweep_dir: str, *, threads: int | None = No
         except Exception as err:  # a failed run is a result: NaN loss, a mixer rejecting the input, ...
             phase = "train"
             reason = f"{type(err).__name__}: {err}".strip()
-            (run_dir / "error.txt").write_text(traceback.format_exc())
+            if main:
+                (run_dir / "error.txt").write_text(traceback.format_exc())
             return _record(spec, status="failed", phase=phase, error=reason[:2000],
                            wall_time_s=time.perf_counter() - start)
         model = result.pop("_model")
+        result.pop("_ema", None)
+        if not main:
+            return _record(spec, status="ok", **result, wall_time_s=time.perf_counter() - start)
         in_chans = model.recipe.in_chans
         result.update(static_measures(model, spec.data["img_size"], in_chans), in_chans=in_chans)
         save_model(run_dir / MODEL_FILE, model)
@@ -92,7 +97,8 @@ def execute_run(run: dict[str, Any], sweep_dir: str, *, threads: int | None = No
         atomic_write(run_dir / "record.json", json.dumps(record, default=str).encode())
         return record
     finally:
-        os.close(fd)  # releases the lock
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 class LocalExecutor:
@@ -162,31 +168,54 @@ def _child(run: dict[str, Any], sweep_dir: str, threads: int, out: str) -> None:
 class RayExecutor:
     """One Ray task per run on a cluster (``address``: ``auto``, ``ray://host:10001``, ``host:6379``; None starts
     a local Ray). The sweep directory must be reachable by every node for checkpoints (shared storage); records
-    come back as task results and the driver writes them (and measures speed afterwards, on its own host)."""
+    come back as task results and the driver writes them (and measures speed afterwards, on its own host).
 
-    def __init__(self, address: str | None = None, cpus_per_run: float = 1.0) -> None:
-        self.address, self.cpus_per_run = address, cpus_per_run
+    Each run gets its own placement group: one bundle of ``cpus_per_run`` CPUs and ``gpus_per_run`` GPUs on one
+    node. With more than one GPU the task trains the run data-parallel over them (torchrun on that node). A task
+    whose worker dies (node lost, killed) is retried ``max_retries`` times and resumes from its last checkpoint; a
+    killed driver resumes the same way when the sweep is run again.
+    """
+
+    def __init__(self, address: str | None = None, cpus_per_run: float = 1.0, gpus_per_run: float = 0.0,
+                 max_retries: int = 2) -> None:
+        self.address, self.cpus_per_run, self.gpus_per_run = address, cpus_per_run, gpus_per_run
+        self.max_retries = max_retries
+        if gpus_per_run > 1 and gpus_per_run != int(gpus_per_run):
+            raise ValueError(f"gpus_per_run above 1 must be a whole number of GPUs, given {gpus_per_run}")
 
     def execute(self, runs: Sequence[RunSpec], sweep_dir: Path, on_done: OnDone, progress: Any) -> None:
         try:
             import ray
+            from ray.util.placement_group import placement_group, remove_placement_group
+            from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
         except ImportError:
             raise RuntimeError("the Ray executor needs Ray: pip install 'metablocks[ray]'") from None
         started = not ray.is_initialized()
         if started:
             ray.init(address=self.address, log_to_driver=False, include_dashboard=False)
         try:
-            task = ray.remote(num_cpus=self.cpus_per_run, max_retries=0)(_ray_run)
+            bundle = {"CPU": self.cpus_per_run, **({"GPU": self.gpus_per_run} if self.gpus_per_run else {})}
+            task = ray.remote(_ray_run)
             threads = max(1, int(self.cpus_per_run))
-            pending = {task.remote(run.to_dict(), str(sweep_dir), threads): run for run in runs}
-            progress.note(f"submitted {len(pending)} runs to Ray at {self.address or 'a local Ray instance'}")
+            processes = int(self.gpus_per_run) if self.gpus_per_run > 1 else 1
+            pending, groups = {}, {}
+            for run in runs:
+                group = placement_group([bundle], strategy="STRICT_PACK")
+                ref = task.options(num_cpus=self.cpus_per_run, num_gpus=self.gpus_per_run,
+                                   max_retries=self.max_retries, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                                       group, placement_group_bundle_index=0)).remote(
+                    run.to_dict(), str(sweep_dir), threads, processes)
+                pending[ref], groups[ref] = run, group
+            progress.note(f"submitted {len(pending)} runs to Ray at {self.address or 'a local Ray instance'} "
+                          f"(one placement group per run: {bundle})")
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     run = pending.pop(ref)
+                    remove_placement_group(groups.pop(ref))
                     try:
                         record = ray.get(ref)
-                    except Exception as err:  # the task's worker died (OOM, node lost, ...)
+                    except Exception as err:  # the task's worker died (OOM, node lost, ...) more than max_retries
                         record = _record(run, status="failed", phase="ray", error=f"Ray task failed: {err}"[:2000],
                                          wall_time_s=None)
                     on_done(record)
@@ -195,10 +224,44 @@ class RayExecutor:
                 ray.shutdown()
 
 
-def _ray_run(run: dict[str, Any], sweep_dir: str, threads: int) -> dict[str, Any]:
+def _ray_run(run: dict[str, Any], sweep_dir: str, threads: int, processes: int = 1) -> dict[str, Any]:
     import socket
 
-    record = execute_run(run, sweep_dir, threads=threads)
+    if processes > 1:
+        record = _torchrun(run, sweep_dir, threads, processes)
+    else:
+        record = execute_run(run, sweep_dir, threads=threads)
     record["host"] = socket.gethostname()
     record["ray_pid"] = os.getpid()
     return record
+
+
+def _torchrun(run: dict[str, Any], sweep_dir: str, threads: int, processes: int) -> dict[str, Any]:
+    """The run trained data-parallel by ``processes`` processes on this node (one per GPU Ray gave the task)."""
+    import subprocess
+
+    from metablocks.train.checkpoint import atomic_write
+
+    run_dir = Path(sweep_dir) / "runs" / run["run_id"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    spec, out = run_dir / ".run.json", run_dir / f".record.{os.getpid()}.json"
+    atomic_write(spec, json.dumps(run).encode())
+    out.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m",
+               "metablocks.sweep.executor", str(spec), sweep_dir, str(threads), str(out)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if out.is_file():
+        record = json.loads(out.read_text())
+        out.unlink()
+        return record
+    return _record(RunSpec.from_dict(run), status="failed", phase="torchrun", wall_time_s=None,
+                   error=f"torchrun exited with {done.returncode}: {done.stderr[-1500:]}")
+
+
+if __name__ == "__main__":  # one rank of a run under torchrun (see _torchrun)
+    _spec, _sweep_dir, _threads, _out = sys.argv[1:5]
+    _result = execute_run(json.loads(Path(_spec).read_text()), _sweep_dir, threads=int(_threads))
+    if int(os.environ.get("RANK", "0")) == 0:
+        from metablocks.train.checkpoint import atomic_write
+
+        atomic_write(Path(_out), json.dumps(_result, default=str).encode())

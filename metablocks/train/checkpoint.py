@@ -25,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-MODEL, OPTIM = "model.", "optim."
+MODEL, OPTIM, EXTRA = "model.", "optim.", "extra."
 MODEL_FILE = "model.safetensors"
 CHECKSUM = "sha256"
 TEMP_GLOB = ".*.tmp"
@@ -115,8 +115,11 @@ def previous_of(path: Path) -> Path:
 
 
 def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    scaler: torch.amp.GradScaler | None, state: dict[str, Any]) -> None:
+                    scaler: torch.amp.GradScaler | None, state: dict[str, Any],
+                    extra: dict[str, torch.Tensor] | None = None) -> None:
+    """``extra``: more tensors to keep with the checkpoint (the EMA weights), read back by ``load_extra``."""
     tensors = {MODEL + k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({EXTRA + k: v.detach().cpu().clone().contiguous() for k, v in (extra or {}).items()})
     optim = optimizer.state_dict()
     scalars: dict[str, dict[str, Any]] = {}
     for index, entry in optim["state"].items():
@@ -136,11 +139,15 @@ def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Opti
 
 
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    scaler: torch.amp.GradScaler | None, device: torch.device) -> dict[str, Any]:
+                    scaler: torch.amp.GradScaler | None, device: torch.device,
+                    extra: nn.Module | None = None) -> dict[str, Any]:
     """Restore everything ``save_checkpoint`` wrote; returns the saved ``state``. The file is verified before
-    anything is restored (CorruptFile, with nothing changed, if it does not verify)."""
+    anything is restored (CorruptFile, with nothing changed, if it does not verify). ``extra`` takes the ``extra``
+    tensors (the EMA model's weights)."""
     tensors, metadata = load_tensors(path)
     model.load_state_dict({k[len(MODEL):]: v for k, v in tensors.items() if k.startswith(MODEL)})
+    if extra is not None:
+        extra.load_state_dict({k[len(EXTRA):]: v for k, v in tensors.items() if k.startswith(EXTRA)})
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith(OPTIM):
@@ -183,6 +190,11 @@ def resume(path: Path, *, notes: list[str] | None = None, **restore: Any) -> dic
 def _note(notes: list[str], message: str) -> None:
     notes.append(message)
     print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def load_extra(path: Path) -> dict[str, torch.Tensor]:
+    """The ``extra`` tensors ``save_checkpoint`` was given, verified."""
+    return {key[len(EXTRA):]: value for key, value in load_tensors(path)[0].items() if key.startswith(EXTRA)}
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -18,12 +18,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from metablocks.data import Augment, Batches, DataConfig, Splits, load_splits
+from metablocks.data import DataConfig, Splits
+from metablocks.data.pipeline import DataInfo, Pipeline
+from metablocks.data.stream import sample_seed, seeded
 from metablocks.train.checkpoint import resume, save_checkpoint
 from metablocks.train.config import MeasureConfig, TrainConfig
 from metablocks.train.measure import measure_model
-from metablocks.train.optim import make_optimizer, make_scheduler
+from metablocks.train.optim import make_optimizer, make_scheduler, peak_lr
 from metablocks.train.progress import RunProgress
+from metablocks.train.tracking import Tracker
 
 CHECKPOINT = "checkpoint.safetensors"
 
@@ -98,15 +101,14 @@ def params_in_sync(model: nn.Module, world: World) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Batches, augment: Augment, world: World,
-             autocast: dict[str, Any] | None) -> tuple[float, float]:
+def evaluate(model: nn.Module, pipeline: Pipeline, world: World, autocast: dict[str, Any] | None,
+             channels_last: bool = False) -> tuple[float, float]:
     """(mean cross-entropy, top-1 %) over the whole split, summed across ranks."""
     model.eval()
     loss_sum = correct = count = 0.0
-    for images, labels in batches.epoch(0):
-        if len(labels) == 0:
-            continue
-        x, y = augment(images.to(world.device), train=False), labels.to(world.device)
+    for x, y in pipeline.val():
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(**autocast) if autocast else _no_autocast():
             logits = model(x)
         loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
@@ -134,11 +136,37 @@ def _configure(config: TrainConfig, device: torch.device) -> None:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def build(recipe: Any, splits: Splits, data: DataConfig, overrides: Mapping[str, Any] | Iterable[str] | None) -> nn.Module:
+def build(recipe: Any, info: DataInfo, data: DataConfig, overrides: Mapping[str, Any] | Iterable[str] | None,
+          config: TrainConfig | None = None) -> nn.Module:
     from metablocks.model import build_model
 
-    return build_model(recipe, overrides=overrides, num_classes=splits.num_classes, img_size=data.img_size,
-                       in_chans=splits.in_chans)
+    fields = {"drop_path_rate": config.drop_path} if config is not None and config.drop_path is not None else {}
+    return build_model(recipe, overrides=overrides, num_classes=info.num_classes, img_size=data.img_size,
+                       in_chans=info.in_chans, **fields)
+
+
+def _regularization(config: TrainConfig, model: nn.Module, info: DataInfo, batch_size: int,
+                    device: torch.device) -> tuple[Any, Any, nn.Module]:
+    """(timm Mixup or None, timm ModelEmaV3 or None, the training loss)."""
+    mixup = ema = None
+    criterion: nn.Module = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    if config.mixup is not None:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
+        m = config.mixup
+        if m.mode != "elem" and batch_size % 2:
+            raise ValueError(f"Mixup/CutMix in mode {m.mode!r} pairs the images of a batch, so the per-process "
+                             f"batch_size must be even, given {batch_size}")
+        mixup = Mixup(mixup_alpha=m.mixup_alpha, cutmix_alpha=m.cutmix_alpha, cutmix_minmax=m.cutmix_minmax,
+                      prob=m.prob, switch_prob=m.switch_prob, mode=m.mode, label_smoothing=config.label_smoothing,
+                      num_classes=info.num_classes)
+        criterion = SoftTargetCrossEntropy()
+    if config.ema is not None:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=config.ema.decay, use_warmup=config.ema.warmup, device=device)
+    return mixup, ema, criterion
 
 
 def train(recipe: Any, *, data: DataConfig, config: TrainConfig, out_dir: str | Path | None = None,
@@ -153,43 +181,50 @@ def train(recipe: Any, *, data: DataConfig, config: TrainConfig, out_dir: str | 
     world = init_world(config.device)
     device = world.device
     _configure(config, device)
-    splits = splits if splits is not None else load_splits(data)
+    pipeline = Pipeline(data, transform=config.transform, batch_size=config.batch_size,
+                        eval_batch_size=config.eval_batch_size, seed=config.seed, device=device, rank=world.rank,
+                        world=world.size, splits=splits)
+    info = pipeline.info
     torch.manual_seed(config.seed)
-    model = build(recipe, splits, data, overrides).to(device)
+    model = build(recipe, info, data, overrides, config).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    mixup, ema, criterion = _regularization(config, model, info, config.batch_size, device)
     ddp = nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
-    train_batches = Batches(splits.train_x, splits.train_y, config.batch_size, shuffle=True, drop_last=True,
-                            rank=world.rank, world=world.size, seed=config.seed)
-    val_batches = Batches(splits.val_x, splits.val_y, config.eval_batch_size, shuffle=False, drop_last=False,
-                          rank=world.rank, world=world.size)
-    augment = Augment(data.augment, splits.mean, splits.std)
-    optimizer = make_optimizer(model, config)
-    steps = len(train_batches)
-    scheduler = make_scheduler(optimizer, config, steps)
+    forward = torch.compile(ddp) if config.compile else ddp
+    steps = pipeline.steps_per_epoch
+    lr = peak_lr(config, pipeline.global_batch)
+    optimizer = make_optimizer(model, config, lr)
+    scheduler = make_scheduler(optimizer, config, steps, lr)
     autocast, needs_scaler = autocast_args(config, device)
     scaler = torch.amp.GradScaler(device.type) if needs_scaler else None
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     checkpoint = Path(out_dir) / CHECKPOINT if out_dir is not None else None
     state: dict[str, Any] = {"epoch": 0, "curves": [], "train_time": 0.0, "train_images": 0, "resumed_from": []}
     notes: list[str] = []  # corrupt checkpoints discarded (see checkpoint.resume)
     restored = resume(checkpoint, notes=notes, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                      device=device) if checkpoint is not None else None
+                      device=device, extra=ema.module if ema is not None else None) if checkpoint is not None else None
     if restored is not None:
         state = restored
         state["resumed_from"] = [*state.get("resumed_from", []), state["epoch"]]
     if progress is None and make_progress is not None and world.main:
         progress = make_progress(name, config.epochs * steps, state["epoch"] * steps)
+    tracker = Tracker(out_dir, config.track, name=name, enabled=world.main,
+                      config={"train": config.model_dump(mode="json"), "data": data.model_dump(mode="json")})
 
     for epoch in range(state["epoch"], config.epochs):
         ddp.train()
         torch.manual_seed(config.seed * 1_000_003 + epoch * 1009 + world.rank)  # drop path, dropout
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 1009 + world.rank)
         loss_sum, start = 0.0, time.perf_counter()
-        for step, (images, labels) in enumerate(train_batches.epoch(epoch)):
-            x = augment(images.to(device), train=True, generator=generator)
-            y = labels.to(device)
+        for step, (x, y) in enumerate(pipeline.train_epoch(epoch, generator)):
+            if mixup is not None:
+                with seeded(sample_seed(config.seed, epoch, step * world.size + world.rank)):
+                    x, y = mixup(x, y)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(**autocast) if autocast else _no_autocast():
-                loss = criterion(ddp(x).float(), y)
+                loss = criterion(forward(x).float(), y)
             optimizer.zero_grad(set_to_none=True)
             (scaler.scale(loss) if scaler else loss).backward()
             if scaler:
@@ -204,33 +239,45 @@ def train(recipe: Any, *, data: DataConfig, config: TrainConfig, out_dir: str | 
             else:
                 optimizer.step()
             scheduler.step()
+            global_step = epoch * steps + step + 1
+            if ema is not None:
+                ema.update(model, step=global_step)
             loss_sum += loss.item()
+            if global_step % config.log_every == 0:
+                tracker.log({"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0]}, global_step)
             if progress is not None:
                 progress.step(loss.item())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         epoch_time = time.perf_counter() - start
         (train_loss,) = _all_sum([loss_sum / steps], world)
-        val_loss, val_top1 = evaluate(model, val_batches, augment, world, autocast)  # unwrapped: shards may be uneven
+        val_loss, val_top1 = evaluate(model, pipeline, world, autocast, config.channels_last)  # unwrapped model
         in_sync = params_in_sync(model, world)
         if not in_sync:
             raise TrainingFailed(f"data-parallel ranks diverged at epoch {epoch + 1}")
         metrics = {"epoch": epoch + 1, "train_loss": train_loss / world.size, "val_loss": val_loss,
                    "val_top1": val_top1, "lr": scheduler.get_last_lr()[0], "epoch_time": epoch_time}
+        if ema is not None:
+            metrics["val_loss_ema"], metrics["val_top1_ema"] = evaluate(ema.module, pipeline, world, autocast,
+                                                                        config.channels_last)
         state["curves"].append(metrics)
         state["epoch"] = epoch + 1
         state["train_time"] += epoch_time
-        state["train_images"] += steps * train_batches.global_batch
+        state["train_images"] += steps * pipeline.global_batch
         if progress is not None:
             progress.epoch(epoch + 1, config.epochs, metrics)
         if checkpoint is not None and world.main:
             checkpoint.parent.mkdir(parents=True, exist_ok=True)
             save_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            state=state)
+                            state=state, extra=ema.module.state_dict() if ema is not None else None)
+        tracker.log({"epoch/train_loss": metrics["train_loss"], "epoch/val_loss": val_loss, "epoch/val_top1": val_top1,
+                     "epoch/val_top1_ema": metrics.get("val_top1_ema"), "epoch/time_s": epoch_time,
+                     "epoch/train_images_per_s": steps * pipeline.global_batch / epoch_time}, (epoch + 1) * steps)
         if world.size > 1:
             dist.barrier()
     if progress is not None:
         progress.close()
+    tracker.close()
 
     curves = state["curves"]
     result: dict[str, Any] = {
@@ -238,16 +285,23 @@ def train(recipe: Any, *, data: DataConfig, config: TrainConfig, out_dir: str | 
         "val_loss": curves[-1]["val_loss"], "epochs": config.epochs, "curves": curves,
         "train_throughput": state["train_images"] / state["train_time"] if state["train_time"] else None,
         "train_time_s": state["train_time"], "resumed_from": state["resumed_from"], "world_size": world.size,
-        "device": str(device), "num_classes": splits.num_classes, "train_size": len(splits.train_y),
-        "val_size": len(splits.val_y), "recipe_name": model.recipe.name, "model_id": model.recipe.model_id,
+        "device": str(device), "num_classes": info.num_classes, "train_size": info.train_size,
+        "val_size": info.val_size, "recipe_name": model.recipe.name, "model_id": model.recipe.model_id,
     }
     if notes:
         result["checkpoint_notes"] = notes
+    if info.streamed:
+        result["data_loader"] = f"stream ({data.workers} workers)"
+    if ema is not None:
+        result["top1_ema"] = curves[-1]["val_top1_ema"]
+        result["best_top1_ema"] = max(c["val_top1_ema"] for c in curves)
     if world.size > 1:
         result["ddp_in_sync"] = params_in_sync(model, world)
     if measure is not None and world.main:
-        result.update(measure_model(model, img_size=data.img_size, in_chans=splits.in_chans,
-                                    num_classes=splits.num_classes, config=measure, device=device,
+        result.update(measure_model(model, img_size=data.img_size, in_chans=info.in_chans,
+                                    num_classes=info.num_classes, config=measure, device=device,
                                     autocast=autocast))
     result["_model"] = model
+    if ema is not None:
+        result["_ema"] = ema.module
     return result
