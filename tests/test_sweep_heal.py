@@ -287,7 +287,7 @@ BASE = SPEC.split("axes:")[0]
     ("axes:\n  - {path: train.epochs, values: [2, 0]}\n",
      ":11: axes[0].values[1]: train.epochs: Input should be greater than or equal to 1 (given: 0)"),
     ("axes:\n  - {path: train.epoch, values: [1]}\n",
-     ":11: axes[0].values[0]: train.epoch: unknown field 'epoch' (did you mean 'epochs'?); allowed: epochs,"),
+     ":11: axes[0].values[0]: train.epoch: unknown field 'epoch' (did you mean 'epochs'?); allowed: "),
     ("axes:\n  - {path: data.augment.hflip, values: [maybe]}\n",
      ":11: axes[0].values[0]: data.augment.hflip: Input should be a valid boolean"),
     ("axes:\n  - {path: train.epochs.x, values: [1]}\n",
