@@ -9,7 +9,7 @@ reset_classifier, set_grad_checkpointing, feature_info.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,7 @@ from metablocks.recipe.loader import load_recipe
 from metablocks.recipe.schema import Recipe, StageConfig
 from metablocks.recipe.yaml_io import where_of
 from metablocks.registry import Component, Context, Layout
+from metablocks.tracing import fx_tracing
 
 if TYPE_CHECKING:
     from metablocks.features import FeatureExtractor
@@ -87,6 +88,12 @@ class Stage(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.plan_permutes()
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """TorchScript gets the stage's permute plan unrolled (metablocks/tracing.py): same submodules, same names."""
+        from metablocks.tracing import unrolled
+
+        return unrolled(self)
+
     def plan_permutes(self) -> None:
         """One permute wherever consecutive blocks' layouts differ, and back to channels-first at the end."""
         layout: Layout = "channels_first"
@@ -113,6 +120,7 @@ class MetaModel(nn.Module):
         super().__init__()
         self.recipe = recipe
         self.num_classes = recipe.num_classes
+        self.img_size = tuple(recipe.img_size)
         first = stem_channels(recipe)
         self.stem = recipe.stem.build(Context(recipe.in_chans, out_dim=first, resolution=recipe.img_size))
         resolution = recipe.stem.out_resolution(recipe.img_size)
@@ -120,23 +128,39 @@ class MetaModel(nn.Module):
         rates = torch.linspace(0, recipe.drop_path_rate, sum(depths), device="cpu").split(depths)  # cpu: also under torch.device("meta")
         stages, dim, self.feature_info = [], first, []
         reduction = recipe.img_size[0] / resolution[0]
+        # feature levels: the output of each stage; an isotropic model (one stage: MLP-Mixer, ViT-like) has one per
+        # block instead, as timm's MLP-Mixer and ViT expose
+        self.isotropic = len(recipe.stages) == 1
         for i, stage in enumerate(recipe.stages):
             stages.append(Stage(dim, stage, resolution=resolution, drop_path=rates[i].tolist(), index=i))
             reduction *= resolution[0] / stages[-1].resolution[0]
             resolution, dim = stages[-1].resolution, stage.dim
-            self.feature_info.append(dict(num_chs=dim, reduction=round(reduction), module=f"stages.{i}"))
+            modules = [f"stages.{i}.blocks.{j}" for j in range(stage.depth)] if self.isotropic else [f"stages.{i}"]
+            self.feature_info += [dict(num_chs=dim, reduction=round(reduction), module=m) for m in modules]
         self.stages = nn.Sequential(*stages)
         self.num_features = dim
         self.head = recipe.head.build(Context(dim, out_dim=recipe.num_classes))
+        self.head_hidden_size = getattr(self.head, "hidden_size", dim)  # the width forward_head(pre_logits=True) gives
         self.fixed_resolution = any(getattr(type(c), "fixed_resolution", False)
                                     for s in recipe.stages for c in (*s.token_mixer, *s.channel_mixer))
         self.apply(_init_weights)
+        self.pretrained_cfg = pretrained_cfg(self)
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for ``pretrained_cfg``."""
+        return self.pretrained_cfg
 
     def forward_features(self, x: Tensor) -> Tensor:
-        if self.fixed_resolution and tuple(x.shape[-2:]) != tuple(self.recipe.img_size):
-            raise ValueError(f"{self.recipe.name} mixes over a fixed {self.recipe.img_size[0]}x{self.recipe.img_size[1]} "
-                             f"token grid; got a {x.shape[-2]}x{x.shape[-1]} input (build with img_size= to change it)")
+        if self.fixed_resolution and not torch.jit.is_scripting() and not fx_tracing():
+            self._check_resolution(x)
         return self.stages(self.stem(x))
+
+    @torch.jit.unused
+    def _check_resolution(self, x: Tensor) -> None:
+        if tuple(x.shape[-2:]) != self.img_size:
+            raise ValueError(f"{self.recipe.name} mixes over a fixed {self.img_size[0]}x{self.img_size[1]} "
+                             f"token grid; got a {x.shape[-2]}x{x.shape[-1]} input (build with img_size= to change it)")
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         return self.head(x, pre_logits=pre_logits)
@@ -144,27 +168,78 @@ class MetaModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def forward_intermediates(self, x: Tensor, indices: Iterable[int] | None = None) -> list[Tensor]:
-        """The (B, C, H, W) output of each stage in ``indices`` (all by default), for dense tasks."""
-        wanted = set(range(len(self.stages)) if indices is None else (i % len(self.stages) for i in indices))
-        x, out = self.stem(x), []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in wanted:
-                out.append(x)
-            if i >= max(wanted):
+    def __prepare_scriptable__(self) -> nn.Module:
+        """Script a copy of the module tree (same parameters): scripting swaps unrolled stages into their parent."""
+        from metablocks.tracing import script_shell
+
+        return script_shell(self)
+
+    def forward_intermediates(self, x: Tensor, indices: int | Iterable[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> tuple[Tensor, list[Tensor]] | list[Tensor]:
+        """``(final features, [feature map of each level in indices])``, timm's signature and return.
+
+        A level is a stage's output (a block's for an isotropic, one-stage model; ``feature_info`` lists them).
+        ``indices``: all levels (None), the last n (an int) or those listed (negative from the end). ``norm``: the
+        head's map norm on the last level, where the head normalizes the map before pooling (Swin, MLP-Mixer).
+        ``stop_early``: stop after the last wanted level (``final`` is then that level's map). ``output_fmt``:
+        "NCHW" or "NHWC". ``intermediates_only``: return the list alone.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt={output_fmt!r} is not supported; allowed: 'NCHW', 'NHWC'")
+        take = feature_take_indices(len(self.feature_info), indices, self.recipe.name)
+        last = max(take)
+        if self.fixed_resolution:
+            self._check_resolution(x)
+        out, feature = [], 0
+        x = self.stem(x)
+        for stage in self.stages:
+            if stop_early and feature > last:
                 break
-        return out
+            for level in (stage_block_outputs(stage, x) if self.isotropic else [stage(x)]):
+                x = level
+                if feature in take:
+                    if norm and feature == len(self.feature_info) - 1 and getattr(self.head, "norm_first", False):
+                        level = self.head.norm(level)
+                    out.append(level.permute(0, 2, 3, 1) if output_fmt == "NHWC" else level)
+                feature += 1
+                if stop_early and feature > last:
+                    break
+        if intermediates_only:
+            return out
+        return x, out
+
+    def prune_intermediate_layers(self, indices: int | Iterable[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages (blocks, isotropic) after the last of ``indices`` and, with ``prune_head``, the head's
+        classifier and pool (timm's API); returns the kept level indices."""
+        take = feature_take_indices(len(self.feature_info), indices, self.recipe.name)
+        last = max(take)
+        if self.isotropic:
+            self.stages[0].blocks = self.stages[0].blocks[: last + 1]
+            self.stages[0].plan_permutes()
+        else:
+            self.stages = self.stages[: last + 1]
+        self.feature_info = self.feature_info[: last + 1]
+        if prune_head:
+            self.reset_classifier(0, "")
+        if prune_norm and hasattr(self.head, "norm"):
+            self.head.norm = nn.Identity()
+        return take
 
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """A fresh classifier for ``num_classes`` (0: forward returns pooled features)."""
-        self.head.reset(num_classes)
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A fresh classifier for ``num_classes`` (0: forward returns pooled features); ``global_pool`` as timm's
+        ("avg", "max", or "": no pooling, forward returns a (B, C, H, W) map)."""
+        self.head.reset(num_classes, global_pool)
         self.num_classes = num_classes
         self.head.fc.apply(_init_weights)
-        self.recipe = self.recipe.model_copy(update={"num_classes": num_classes})
+        head = self.recipe.head
+        if global_pool is not None and "pool" in type(head).model_fields:
+            head = head.model_copy(update={"pool": global_pool})
+        self.recipe = self.recipe.model_copy(update={"num_classes": num_classes, "head": head})
 
     _deploy_root = True  # metablocks.deploy folds this model's parts; it does not call our reparameterize()
 
@@ -215,6 +290,58 @@ class MetaModel(nn.Module):
         self.recipe = self.recipe.model_copy(update={"stages": new_stages})
 
 
+def stage_block_outputs(stage: Stage, x: Tensor) -> Iterator[Tensor]:
+    """The (B, C, H, W) output of each block of ``stage`` in turn (the feature levels of an isotropic model)."""
+    x = stage.downsample(x)
+    for perm, block in zip(stage._perms, stage.blocks):
+        x = block(x.permute(perm) if perm else x)
+        back = permutation(block.io_layout, "channels_first")
+        yield x.permute(back) if back else x
+
+
+def feature_take_indices(count: int, indices: int | Iterable[int] | None, name: str) -> list[int]:
+    """timm's feature indices: None -> all ``count`` levels, n -> the last n, a list -> those (negative from the end)."""
+    if indices is None:
+        return list(range(count))
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ValueError(f"indices={indices}: {name} has {count} feature levels, so the last n takes n in 1..{count}")
+        return list(range(count - indices, count))
+    taken = []
+    for i in indices:
+        if not -count <= i < count:
+            raise ValueError(f"indices: {name} has {count} feature levels ({-count}..{count - 1}), got {i}")
+        taken.append(i % count)
+    if not taken:
+        raise ValueError(f"indices: no feature level given; {name} has {count} ({-count}..{count - 1})")
+    return sorted(set(taken))
+
+
+def _module_names(module: nn.Module, prefix: str, kinds: tuple[type, ...]) -> list[str]:
+    return [f"{prefix}.{name}" for name, m in module.named_modules() if name and isinstance(m, kinds)]
+
+
+def pretrained_cfg(model: MetaModel) -> dict[str, Any]:
+    """timm's pretrained_cfg for ``model``: the data config of the timm model it mirrors (``timm_name``; ImageNet
+    defaults otherwise), its input size and the names of its first conv and classifier."""
+    from metablocks.interop.timm_cfgs import MEAN_STD, TIMM_DATA_CFGS
+
+    recipe = model.recipe
+    tag, crop_pct, mean_std = TIMM_DATA_CFGS.get(recipe.timm_name or "", (None, 0.875, "imagenet"))
+    mean, std = MEAN_STD[mean_std]
+    convs = _module_names(model.stem, "stem", (nn.Conv2d, nn.Linear))
+    classifier = _module_names(model.head, "head", (nn.Linear, nn.Conv2d))
+    fc = [name for name in classifier if name == "head.fc" or name.startswith("head.fc.")]
+    reduction = model.feature_info[-1]["reduction"]
+    return dict(
+        architecture=recipe.name, timm_name=recipe.timm_name, tag=tag, url="", file=None,
+        input_size=(recipe.in_chans, *recipe.img_size), fixed_input_size=model.fixed_resolution,
+        pool_size=tuple(max(r // reduction, 1) for r in recipe.img_size), crop_pct=crop_pct, crop_mode="center",
+        interpolation="bicubic", mean=mean, std=std, num_classes=recipe.num_classes,
+        first_conv=convs[0] if convs else None, classifier=fc[-1] if fc else None,
+    )
+
+
 def _check_stage(config: StageConfig, resolution: tuple[int, int], index: int) -> None:
     ctx = Context(config.dim, resolution=resolution, stage=index)
     problems = [p for c in config.token_mixer for p in component_problems(c, ctx, ("token_mixer",), None)]
@@ -260,14 +387,96 @@ def _yaml(value: Any) -> str:
     return json.dumps(value) if not isinstance(value, str) else value
 
 
-def create_model(name: str, *, features_only: bool = False, out_indices: Iterable[int] | None = None,
-                 **fields: Any) -> MetaModel | FeatureExtractor:
-    """Build a shipped recipe by name (``create_model("caformer_s18", num_classes=10)``).
+def _api_error(path: str, message: str) -> RecipeError:
+    return RecipeError([Problem(file=None, line=None, path=path, message=message)])
 
+
+def timm_names() -> dict[str, str]:
+    """timm model name -> the shipped recipe that reproduces it (each recipe's ``timm_name``)."""
+    from metablocks.recipe.loader import _parsed, shipped_recipes
+
+    return {timm: name for name, path in shipped_recipes().items() if (timm := _parsed(path).get("timm_name"))}
+
+
+def resolve_name(name: str) -> str:
+    """A shipped recipe's name, or the recipe whose ``timm_name`` is ``name`` (``swin_tiny_patch4_window7_224``)."""
+    from metablocks.recipe.loader import shipped_recipes
+
+    if name in shipped_recipes() or Path(name).suffix in (".yaml", ".yml") or Path(name).exists():
+        return name
+    by_timm = timm_names()
+    if name in by_timm:
+        return by_timm[name]
+    base, dot, tag = name.partition(".")
+    if dot and (base in shipped_recipes() or base in by_timm):
+        raise _api_error("model_name", f"{name!r} names timm's pretrained weights {tag!r}, which metablocks does not "
+                                       f"download; use {base!r} (and load_pretrained for a local file)")
+    return name  # load_recipe says it is unknown, with a did-you-mean
+
+
+_NO_HUB = ("metablocks downloads no weights (there is no model hub here); load a local timm or metablocks "
+           "checkpoint (.safetensors, .pth) with pretrained=True, pretrained_cfg_overlay=dict(file='weights.pth'), "
+           "or metablocks.load_pretrained(model, 'weights.pth') (a classifier of another size is left freshly "
+           "initialized, as timm's pretrained=True, num_classes=N)")
+
+
+def create_model(model_name: str, pretrained: bool = False, *, features_only: bool = False,
+                 out_indices: int | Iterable[int] | None = None, feature_cls: str | None = None,
+                 num_classes: int | None = None, global_pool: str | None = None, drop_rate: float | None = None,
+                 drop_path_rate: float | None = None, in_chans: int | None = None,
+                 img_size: int | tuple[int, int] | None = None, pretrained_cfg_overlay: Mapping[str, Any] | None = None,
+                 checkpoint_path: str | Path | None = None,
+                 overrides: Mapping[str, Any] | Iterable[str] | None = None,
+                 **fields: Any) -> MetaModel | FeatureExtractor:
+    """Build a shipped recipe by name or by its timm name, with timm's keyword arguments.
+
+    ``create_model("caformer_s18", num_classes=10)``, ``create_model("swin_tiny_patch4_window7_224")``.
+    timm's kwargs: ``num_classes``, ``global_pool`` ("avg", "max", "": none), ``drop_rate`` (before the
+    classifier), ``drop_path_rate``, ``in_chans``, ``img_size``; ``pretrained=True`` with
+    ``pretrained_cfg_overlay=dict(file=PATH)`` loads a local timm or metablocks checkpoint as
+    ``load_pretrained`` does (a classifier of another size stays fresh, the first conv is adapted to
+    ``in_chans``); ``checkpoint_path=PATH`` loads a checkpoint of this exact model strictly, as timm's.
     ``features_only=True`` returns a FeatureExtractor (metablocks/features.py): no head, forward gives the
-    stage outputs in ``out_indices`` (all stages by default), as timm's ``features_only``.
+    feature maps in ``out_indices`` (all levels by default), as timm's ``features_only``.
+    ``overrides`` and other ``fields`` are recipe fields and dotted overrides, as for ``build_model``.
     """
-    model = build_model(name, **fields)
+    overlay = dict(pretrained_cfg_overlay or {})
+    file = overlay.get("file")
+    if pretrained and not file:
+        raise _api_error("pretrained", _NO_HUB)
+    if feature_cls not in (None, "getter"):
+        raise _api_error("feature_cls", f"feature_cls={feature_cls!r} is not supported; allowed: None or 'getter' "
+                                        "(both give metablocks' FeatureExtractor)")
+    name = resolve_name(model_name)
+    base = load_recipe(name) if global_pool is not None or drop_rate is not None else None
+    dotted = dict(overrides.items()) if isinstance(overrides, Mapping) else {}
+    listed = [] if isinstance(overrides, Mapping) else list(overrides or [])
+    for kwarg, field, value in (("global_pool", "pool", global_pool), ("drop_rate", "drop_rate", drop_rate)):
+        if value is None:
+            continue
+        if field not in type(base.head).model_fields:
+            raise _api_error(kwarg, f"{kwarg}={value!r}: the {base.name} head ({type(base.head).__name__}) has no "
+                                    f"{field!r} field")
+        dotted[f"head.{field}"] = value
+    given = dict(num_classes=num_classes, drop_path_rate=drop_path_rate, in_chans=in_chans, img_size=img_size)
+    fields.update({k: v for k, v in given.items() if v is not None})
+    import json
+
+    model = build_model(name, overrides=[*listed, *(f"{k}={json.dumps(v)}" for k, v in dotted.items())] or None,
+                        **fields)
+    unknown = set(overlay) - set(model.pretrained_cfg)
+    if unknown:
+        raise _api_error("pretrained_cfg_overlay", f"unknown key(s) {', '.join(sorted(unknown))}; allowed: "
+                                                   f"{', '.join(model.pretrained_cfg)}")
+    model.pretrained_cfg.update(overlay)
+    if pretrained:
+        from metablocks.interop.timm import load_pretrained
+
+        load_pretrained(model, file)
+    if checkpoint_path is not None:
+        from metablocks.interop.timm import load_pretrained
+
+        load_pretrained(model, checkpoint_path, strict=True)
     if not features_only:
         return model
     from metablocks.features import FeatureExtractor
