@@ -116,6 +116,8 @@ class Stage(nn.Module):
 class MetaModel(nn.Module):
     """A backbone built from a Recipe; ``model.recipe`` is the resolved recipe it was built from."""
 
+    __jit_unused_properties__ = ["default_cfg"]
+
     def __init__(self, recipe: Recipe) -> None:
         super().__init__()
         self.recipe = recipe
@@ -254,41 +256,74 @@ class MetaModel(nn.Module):
             stage.grad_checkpointing = enable
 
     def set_token_mixer(self, token_mixer: str | Mapping[str, Any] | Component, *, stages: Iterable[int] | None = None,
-                        blocks: Iterable[int] | None = None) -> None:
+                        blocks: Iterable[int] | None = None, keep_layout: bool = True) -> None:
         """Swap the token mixer of the given stages/blocks (all by default) for a freshly initialized one.
 
-        Norms, channel mixers and scales keep their weights; ``model.recipe`` is updated to match.
+        Indices count as Python's: ``stages=[-1]`` is the last stage, ``blocks=[-1]`` each stage's last block; an
+        index out of range is a RecipeError naming the valid range. Norms, channel mixers and scales keep their
+        weights; ``model.recipe`` is updated to match. A mixer working in another channel layout than the block's
+        stream (attention, channels-last, into a conv block) gets a permute around it, so every kept weight keeps
+        its shape (``keep_layout=False``: the stream follows the new mixer, and a warning names the weights that
+        change shape, e.g. a 1x1-conv MLP becoming Linear layers, values kept).
         """
+        import warnings
+
         from metablocks.recipe.errors import validate
 
         swapped = validate(BlockConfig, {"token_mixer": token_mixer}, source="set_token_mixer(...)").token_mixer
-        stage_ids = range(len(self.stages)) if stages is None else [s % len(self.stages) for s in stages]
+        stage_ids = range(len(self.stages)) if stages is None else _checked_indices(stages, len(self.stages), "stages",
+                                                                                      f"{self.recipe.name} has")
         new_stages = list(self.recipe.stages)
         for s in stage_ids:
             stage, config = self.stages[s], self.recipe.stages[s]
-            block_ids = range(config.depth) if blocks is None else [b % config.depth for b in blocks]
+            block_ids = range(config.depth) if blocks is None else _checked_indices(
+                blocks, config.depth, "blocks", f"stage {s} has depth {config.depth}, so it has")
             mixers = [config.token_mixer[j % len(config.token_mixer)] for j in range(config.depth)]
             for j in block_ids:
                 mixers[j] = swapped
             if len(set(m.model_dump_json() for m in mixers)) == 1:
                 mixers = mixers[:1]
-            new_stages[s] = config.model_copy(update={"token_mixer": mixers})
+            update: dict[str, Any] = {"token_mixer": mixers}
+            layouts = {block.layout for block in stage.blocks}
+            if keep_layout and config.layout is None and len(layouts) == 1:
+                unpinned, layout = config.model_copy(update=update), layouts.pop()
+                if any(unpinned.block(j).stream_layout(block.io_layout) != layout for j, block in enumerate(stage.blocks)):
+                    update["layout"] = layout  # the new mixer would move the stream: pin the old layout
+            new_stages[s] = config.model_copy(update=update)
             _check_stage(new_stages[s], stage.resolution, s)
             rebuilt = Stage(config.dim, new_stages[s], resolution=stage.resolution, drop_path=[0.0] * config.depth, index=s)
             rebuilt.apply(_init_weights)
+            reshaped, fresh = [], []
             for j, (old, new) in enumerate(zip(stage.blocks, rebuilt.blocks)):
                 if j in block_ids:
-                    _copy_matching(old, new, skip="token_mixer")
+                    r, f = _copy_matching(old, new, skip="token_mixer")
+                    reshaped += [f"stages.{s}.blocks.{j}.{name}" for name in r]
+                    fresh += [f"stages.{s}.blocks.{j}.{name}" for name in f]
                     for name in ("drop_path1", "drop_path2"):
                         if hasattr(old, name) and not hasattr(new, name):
                             new.add_module(name, getattr(old, name))
                 else:
                     rebuilt.blocks[j] = old
+            if reshaped or fresh:
+                warnings.warn(f"set_token_mixer: stage {s}'s new layout changed weight shapes: "
+                              + (f"reshaped (values kept): {', '.join(reshaped[:6])}{' ...' if len(reshaped) > 6 else ''}"
+                                 if reshaped else "")
+                              + (f"; re-initialized: {', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}"
+                                 if fresh else ""), stacklevel=2)
             rebuilt.downsample = stage.downsample
             rebuilt.plan_permutes()
             self.stages[s] = rebuilt
         self.recipe = self.recipe.model_copy(update={"stages": new_stages})
 
+
+def _checked_indices(indices: Iterable[int], count: int, what: str, owner: str) -> list[int]:
+    """``indices`` into ``count`` items, negative ones from the end as in Python; out of range: a RecipeError."""
+    indices = list(indices)
+    bad = [i for i in indices if not isinstance(i, int) or not -count <= i < count]
+    if bad:
+        raise _api_error(what, f"{what}={indices}: {owner} {count} {what} (indices 0..{count - 1}, or -{count}..-1 "
+                               f"from the end); out of range: {', '.join(map(str, bad))}")
+    return sorted({i % count for i in indices})
 
 def stage_block_outputs(stage: Stage, x: Tensor) -> Iterator[Tensor]:
     """The (B, C, H, W) output of each block of ``stage`` in turn (the feature levels of an isotropic model)."""
@@ -349,13 +384,22 @@ def _check_stage(config: StageConfig, resolution: tuple[int, int], index: int) -
         raise RecipeError(problems)
 
 
-def _copy_matching(old: nn.Module, new: nn.Module, skip: str) -> None:
-    """Copy ``old``'s weights into ``new`` wherever names match (reshaping linear <-> 1x1 conv), except under ``skip``."""
+def _copy_matching(old: nn.Module, new: nn.Module, skip: str) -> tuple[list[str], list[str]]:
+    """Copy ``old``'s weights into ``new`` wherever names match (reshaping linear <-> 1x1 conv), except under ``skip``;
+    returns the names that were reshaped and those of ``old`` that could not be copied (left as initialized)."""
     target = new.state_dict()
+    reshaped, fresh = [], []
     for name, value in old.state_dict().items():
-        if not name.startswith(skip + ".") and name in target and value.numel() == target[name].numel():
+        if name.startswith(skip + "."):
+            continue
+        if name in target and value.numel() == target[name].numel():
+            if value.shape != target[name].shape:
+                reshaped.append(name)
             target[name] = value.reshape(target[name].shape)
+        else:
+            fresh.append(name)
     new.load_state_dict(target)
+    return reshaped, fresh
 
 
 def _init_weights(module: nn.Module) -> None:

@@ -6,8 +6,6 @@ submodule up by a name held in a tuple, so ``torch.jit.script`` is handed the FX
 (``__prepare_scriptable__``): the same submodules under the same names, called in the same order, each scripted
 in its own right (they keep their own ``training`` switches); only the plan is unrolled.
 """
-from __future__ import annotations
-
 import copy
 
 import torch
@@ -30,6 +28,8 @@ class _ChildrenAsLeaves(torch.fx.Tracer):
 def unrolled(module: nn.Module) -> nn.Module:
     """``module`` as a GraphModule of its own wiring (its children called as they are), for TorchScript."""
     graph = _ChildrenAsLeaves().trace(module)
+    for node in graph.nodes:  # annotations as FX writes them are not TorchScript types; TorchScript infers Tensor
+        node.type = None
     return torch.fx.GraphModule(module, graph, type(module).__name__)
 
 
