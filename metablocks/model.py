@@ -5,9 +5,10 @@
 Stages take and return channels-first maps; inside, blocks run in their own layout (see blocks.py).
 The API follows timm: forward_features, forward_head(pre_logits=), forward_intermediates,
 reset_classifier, set_grad_checkpointing, feature_info.
-"""
-from __future__ import annotations
 
+torch.fx and TorchScript read ``MetaModel.forward``'s annotations as types, so this module keeps them evaluated (no
+``from __future__ import annotations``).
+"""
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
@@ -245,7 +246,7 @@ class MetaModel(nn.Module):
 
     _deploy_root = True  # metablocks.deploy folds this model's parts; it does not call our reparameterize()
 
-    def reparameterize(self) -> MetaModel:
+    def reparameterize(self) -> "MetaModel":
         """Deploy mode, in place: fold BatchNorms, parallel branches and layer scales into single layers (eval mode)."""
         from metablocks.deploy import deploy
 
@@ -356,7 +357,7 @@ def _module_names(module: nn.Module, prefix: str, kinds: tuple[type, ...]) -> li
     return [f"{prefix}.{name}" for name, m in module.named_modules() if name and isinstance(m, kinds)]
 
 
-def pretrained_cfg(model: MetaModel) -> dict[str, Any]:
+def pretrained_cfg(model: "MetaModel") -> dict[str, Any]:
     """timm's pretrained_cfg for ``model``: the data config of the timm model it mirrors (``timm_name``; ImageNet
     defaults otherwise), its input size and the names of its first conv and classifier."""
     from metablocks.interop.timm_cfgs import MEAN_STD, TIMM_DATA_CFGS
@@ -453,8 +454,15 @@ def resolve_name(name: str) -> str:
         return by_timm[name]
     base, dot, tag = name.partition(".")
     if dot and (base in shipped_recipes() or base in by_timm):
-        raise _api_error("model_name", f"{name!r} names timm's pretrained weights {tag!r}, which metablocks does not "
-                                       f"download; use {base!r} (and load_pretrained for a local file)")
+        from metablocks.interop.timm_cfgs import TIMM_DATA_CFGS
+
+        timm_name = base if base in by_timm else load_recipe(base).timm_name
+        default = TIMM_DATA_CFGS.get(timm_name or "", (None,))[0]
+        if tag == default:  # timm's name.tag for the config we mirror (no weights are loaded)
+            return by_timm.get(base, base)
+        mirrored = f"mirrors the pretrained config of {timm_name}.{default} only" if default else "mirrors no timm model"
+        raise _api_error("model_name", f"{name!r}: {base} {mirrored}; timm's tags name hub weights, which metablocks does "
+                                       f"not download: use {base!r} and load_pretrained for a local file")
     return name  # load_recipe says it is unknown, with a did-you-mean
 
 
@@ -471,7 +479,7 @@ def create_model(model_name: str, pretrained: bool = False, *, features_only: bo
                  img_size: int | tuple[int, int] | None = None, pretrained_cfg_overlay: Mapping[str, Any] | None = None,
                  checkpoint_path: str | Path | None = None,
                  overrides: Mapping[str, Any] | Iterable[str] | None = None,
-                 **fields: Any) -> MetaModel | FeatureExtractor:
+                 **fields: Any) -> "MetaModel | FeatureExtractor":
     """Build a shipped recipe by name or by its timm name, with timm's keyword arguments.
 
     ``create_model("caformer_s18", num_classes=10)``, ``create_model("swin_tiny_patch4_window7_224")``.

@@ -135,8 +135,9 @@ def _configure(config: TrainConfig, device: torch.device) -> None:
 
 
 def build(recipe: Any, splits: Splits, data: DataConfig, overrides: Mapping[str, Any] | Iterable[str] | None) -> nn.Module:
-    from metablocks.model import build_model
+    from metablocks.model import build_model, resolve_name
 
+    recipe = resolve_name(recipe) if isinstance(recipe, str) else recipe  # timm names too
     return build_model(recipe, overrides=overrides, num_classes=splits.num_classes, img_size=data.img_size,
                        in_chans=splits.in_chans)
 
@@ -144,9 +145,12 @@ def build(recipe: Any, splits: Splits, data: DataConfig, overrides: Mapping[str,
 def train(recipe: Any, *, data: DataConfig, config: TrainConfig, out_dir: str | Path | None = None,
           overrides: Mapping[str, Any] | Iterable[str] | None = None, measure: MeasureConfig | None = None,
           progress: RunProgress | None = None, splits: Splits | None = None, name: str = "run",
-          make_progress: Any = None) -> dict[str, Any]:
-    """Train ``recipe`` (file, shipped name, dict or Recipe; ``overrides`` as for ``build_model``) and evaluate it.
+          make_progress: Any = None, pretrained: str | Path | None = None) -> dict[str, Any]:
+    """Train ``recipe`` (file, shipped name, timm name, dict or Recipe; ``overrides`` as for ``build_model``) and
+    evaluate it.
 
+    ``pretrained``: start from a local timm or metablocks checkpoint (``metablocks.load_pretrained``: a classifier
+    of another size starts fresh, the first conv is adapted to the data's channels): fine-tuning.
     With ``out_dir``, a checkpoint is written there after every epoch and an existing one is resumed from.
     Returns final/best top-1, per-epoch curves, train throughput and (with ``measure``) the model measurements.
     """
@@ -155,7 +159,12 @@ def train(recipe: Any, *, data: DataConfig, config: TrainConfig, out_dir: str | 
     _configure(config, device)
     splits = splits if splits is not None else load_splits(data)
     torch.manual_seed(config.seed)
-    model = build(recipe, splits, data, overrides).to(device)
+    model = build(recipe, splits, data, overrides)
+    if pretrained is not None:
+        from metablocks.interop.timm import load_pretrained
+
+        load_pretrained(model, pretrained)
+    model = model.to(device)
     ddp = nn.parallel.DistributedDataParallel(model) if world.size > 1 else model
     train_batches = Batches(splits.train_x, splits.train_y, config.batch_size, shuffle=True, drop_last=True,
                             rank=world.rank, world=world.size, seed=config.seed)
