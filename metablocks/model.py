@@ -371,7 +371,9 @@ def pretrained_cfg(model: "MetaModel") -> dict[str, Any]:
     reduction = model.feature_info[-1]["reduction"]
     return dict(
         architecture=recipe.name, timm_name=recipe.timm_name, tag=tag, url="", file=None,
-        input_size=(recipe.in_chans, *recipe.img_size), fixed_input_size=model.fixed_resolution,
+        input_size=(recipe.in_chans, *recipe.img_size),
+        # eager runs any size but a token grid's; a torch.fx trace of shifted windows holds the built size's mask
+        fixed_input_size=model.fixed_resolution or any(getattr(m, "traced_at_built_size", False) for m in model.modules()),
         pool_size=tuple(max(r // reduction, 1) for r in recipe.img_size), crop_pct=crop_pct, crop_mode="center",
         interpolation="bicubic", mean=mean, std=std, num_classes=recipe.num_classes,
         first_conv=convs[0] if convs else None, classifier=fc[-1] if fc else None,

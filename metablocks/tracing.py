@@ -15,7 +15,7 @@ from torch import nn
 @torch.jit.unused
 def fx_tracing() -> bool:
     """True while torch.fx symbolically traces (shapes and strides are proxies then, not numbers)."""
-    return torch.fx._symbolic_trace.is_fx_tracing()
+    return torch.fx._symbolic_trace.is_fx_symbolic_tracing()
 
 
 class _ChildrenAsLeaves(torch.fx.Tracer):

@@ -8,8 +8,8 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from metablocks.tracing import fx_tracing
 from metablocks.registry import Component, Context, Ref, register
+from metablocks.tracing import fx_tracing
 
 
 class TokenMlpConfig(Component):

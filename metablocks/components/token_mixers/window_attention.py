@@ -103,6 +103,8 @@ class WindowAttention(nn.Module):
     """Self-attention inside non-overlapping windows, optionally cyclically shifted, with a learned relative
     position bias per head (Swin Transformer, Liu et al. 2021)."""
 
+    traced_at_built_size = True  # torch.fx bakes the shift mask of the map size it was built for
+
     def __init__(self, dim: int, *, num_heads: int, head_dim: int, window_size: tuple[int, int],
                  shift_size: tuple[int, int], resolution: tuple[int, int], qkv_bias: bool = True,
                  proj_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
