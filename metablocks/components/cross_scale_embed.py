@@ -58,7 +58,8 @@ class CrossScaleEmbed(nn.Module):
         weights = self.fc.weight.split([self.in_dim * k * k for k in self.kernels], dim=1)
         y = self.fc.bias[:, None, None]
         for i, k in enumerate(self.kernels):  # indexed, not zipped: under torch.fx ``weights`` is one proxy
-            y = y + F.conv2d(x, weights[i].reshape(out_dim, self.in_dim, k, k), stride=self.stride, padding=(k - self.stride) // 2)
+            w = weights[i].reshape(out_dim, self.in_dim, k, k)
+            y = y + F.conv2d(x, w, stride=self.stride, padding=(k - self.stride) // 2)
         return y  # (B, C_out, H/s, W/s)
 
 

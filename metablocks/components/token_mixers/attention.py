@@ -80,7 +80,7 @@ class Attention(nn.Module):
             k, v = _split_heads(self.kv(reduced), 2, self.num_heads).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)  # (B, heads, N, d)
         out = self.proj_drop(self.proj(out.permute(0, 2, 1, 3).flatten(2)))  # (B, N, C)
-        return out.reshape(x.shape)  # (B, H, W, C)
+        return out.unflatten(1, (x.shape[1], x.shape[2]))  # (B, H, W, C)
 
 
 def _split_heads(x: Tensor, parts: int, num_heads: int) -> Tensor:
