@@ -229,11 +229,12 @@ def MetaFormerBlock(dim: int, *, resolution: tuple[int, int] | None = None, drop
     if resolution is None:  # a mixer that is built for its map's size: say how to give it
         for slot in ("token_mixer", "channel_mixer"):
             component = getattr(block_config, slot)
-            if component is not None and component.check(Context(dim)) and not component.check(
+            unsized = component.check(Context(dim)) if component is not None else []
+            if unsized and not any("resolution=" in m for m in unsized) and not component.check(
                     Context(dim, resolution=(56, 56))):
                 raise RecipeError([Problem("MetaFormerBlock(...)", None, slot,
                                            f"{component.type} is built for the size of its input map: give "
                                            f"the block that size, MetaFormerBlock(dim={dim}, ..., resolution=(H, W)) "
-                                           f"({'; '.join(component.check(Context(dim)))})")])
+                                           f"({'; '.join(unsized)})")])
     check_block(block_config, Context(dim, resolution=resolution), source="MetaFormerBlock(...)")
     return Block(dim, block_config, resolution=resolution, drop_path=drop_path, io_layout="channels_first")
