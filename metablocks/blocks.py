@@ -129,6 +129,7 @@ class Block(nn.Module):
                  block: int | None = None) -> None:
         super().__init__()
         self.config = config
+        self.dim = dim
         self.layout: Layout = config.stream_layout(io_layout or "channels_first")
         self.io_layout: Layout = io_layout or self.layout
         channels_last = self.layout == "channels_last"
@@ -157,6 +158,12 @@ class Block(nn.Module):
         self.post_act = inplace_act(config.post_act) if config.post_act is not None else None
         self._in_perm = permutation(self.io_layout, self.layout)
         self._out_perm = permutation(self.layout, self.io_layout)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """TorchScript gets the block's plan unrolled (metablocks/tracing.py): same submodules, same names."""
+        from metablocks.tracing import unrolled
+
+        return unrolled(self)
 
     def forward(self, x: Tensor) -> Tensor:
         if self._in_perm:
@@ -188,15 +195,24 @@ class Block(nn.Module):
 
 def overwritable(y: Tensor, x: Tensor) -> bool:
     """May a residual sum be written into the branch output ``y`` (as timm's ResNet does, ``x += shortcut``)?
-    Only without autograd (a branch may have saved ``y`` for its backward), in eager mode (compilers and exporters
-    see plain out-of-place ops and plan memory themselves), when ``y`` has ``x``'s shape, strides and dtype and
+    Only without autograd (a branch may have saved ``y`` for its backward), in eager mode (compilers, exporters,
+    TorchScript and torch.fx see plain out-of-place ops and plan memory themselves), when ``y`` has ``x``'s shape, strides and dtype and
     shares no memory with it (an identity branch).
     Saves one or two allocations per residual (ResNet-50 b8: the adds take 110 instead of 200 ms). The result is
     bit-identical: the same multiply and add in the same order (a fused addcmul would round differently: 4e-7).
     A forward hook that keeps a branch's output in inference sees the sum: clone it in the hook."""
-    return (not torch.is_grad_enabled() and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
-            and y.shape == x.shape and y.stride() == x.stride() and y.dtype == x.dtype
+    return not torch.jit.is_scripting() and _overwritable(y, x)  # TorchScript: plain out-of-place ops
+
+
+@torch.jit.unused
+def _overwritable(y: Tensor, x: Tensor) -> bool:
+    return (not torch.is_grad_enabled() and not isinstance(y, torch.fx.Proxy) and not torch.compiler.is_compiling()
+            and not torch.jit.is_tracing() and y.shape == x.shape and y.stride() == x.stride() and y.dtype == x.dtype
             and y.untyped_storage().data_ptr() != x.untyped_storage().data_ptr())
+
+
+# TorchScript reads an unused function's signature from real types (this module's annotations are strings)
+_overwritable.__annotations__ = {"y": Tensor, "x": Tensor, "return": bool}
 
 
 Side = Annotated[int, Strict(), Field(ge=1, le=MAX_IMG_SIZE)]
@@ -223,7 +239,17 @@ def MetaFormerBlock(dim: int, *, resolution: tuple[int, int] | None = None, drop
 
     validate(BlockArgs, {"dim": dim, "resolution": resolution, "drop_path": drop_path}, source="MetaFormerBlock(...)")
     block_config = validate(BlockConfig, config, source="MetaFormerBlock(...)")
-    from metablocks.recipe.errors import check_block
+    from metablocks.recipe.errors import Problem, RecipeError, check_block
 
+    if resolution is None:  # a mixer that is built for its map's size: say how to give it
+        for slot in ("token_mixer", "channel_mixer"):
+            component = getattr(block_config, slot)
+            unsized = component.check(Context(dim)) if component is not None else []
+            if unsized and not any("resolution=" in m for m in unsized) and not component.check(
+                    Context(dim, resolution=(56, 56))):
+                raise RecipeError([Problem("MetaFormerBlock(...)", None, slot,
+                                           f"{component.type} is built for the size of its input map: give "
+                                           f"the block that size, MetaFormerBlock(dim={dim}, ..., resolution=(H, W)) "
+                                           f"({'; '.join(unsized)})")])
     check_block(block_config, Context(dim, resolution=resolution), source="MetaFormerBlock(...)")
     return Block(dim, block_config, resolution=resolution, drop_path=drop_path, io_layout="channels_first")

@@ -175,6 +175,13 @@ def find_output_layer(module: nn.Module, *, channel_axis: int, ndim: int) -> nn.
                 node = node.args[0]
                 continue
             return find_output_layer(child, channel_axis=axis, ndim=dims)
+        if node.op == "call_method" and node.target in ("flatten", "unflatten"):
+            moved = _through_leading_reshape(node, axis, dims)
+            if moved is None:
+                return None
+            axis, dims = moved
+            node = node.args[0]
+            continue
         if node.op == "call_function" and getattr(node.target, "__name__", "") == "rearrange":
             moved = _through_rearrange(node, axis, dims)
             if moved is None:
@@ -199,6 +206,21 @@ def _through_rearrange(node: fx.Node, axis: int, ndim: int) -> tuple[int, int] |
     if name is None or name not in lhs:
         return None
     return lhs.index(name), len(lhs)
+
+
+def _through_leading_reshape(node: fx.Node, axis: int, ndim: int) -> tuple[int, int] | None:
+    """(axis, ndim) before ``x.flatten(start, end)`` / ``x.unflatten(dim, sizes)`` that leave the last axis alone, when
+    ``axis`` is that last axis (the channel axis of a channels-last map: attention's "b (h w) c -> b h w c")."""
+    if axis % ndim != ndim - 1:
+        return None
+    args = list(node.args[1:])
+    if node.target == "unflatten" and len(args) == 2 and isinstance(args[0], int) and isinstance(args[1], (tuple, list)):
+        before = ndim - len(args[1]) + 1
+        return (before - 1, before) if args[0] % before != before - 1 else None
+    if node.target == "flatten" and len(args) == 2 and all(isinstance(a, int) for a in args) and args[1] >= 0:
+        before = ndim + args[1] - args[0]
+        return (before - 1, before) if args[1] != before - 1 else None
+    return None
 
 
 def _axes(side: str) -> list[str | None] | None:

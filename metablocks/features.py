@@ -1,44 +1,101 @@
 """Multi-scale feature maps for dense tasks: ``create_model(name, features_only=True, out_indices=(0, 1, 2, 3))``.
 
-Like timm's ``features_only``: the model without its head, returning the (B, C, H, W) output of each stage in
-``out_indices``; stages after the last wanted one are dropped. Parameter names stay ``stem.*`` / ``stages.*``,
-so a backbone's state_dict (without ``head.*``) loads into it.
+Like timm's ``features_only``: the model without its head, returning the (B, C, H, W) map of each feature level in
+``out_indices`` (a level is a stage's output; a block's in an isotropic, one-stage model such as MLP-Mixer);
+stages (blocks) after the last wanted level are dropped. Parameter names stay ``stem.*`` / ``stages.*``, so a
+backbone's state_dict (without ``head.*``) loads into it. ``feature_info`` answers as timm's ``FeatureInfo``.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable, Iterator
 
 from torch import Tensor, nn
 
-from metablocks.model import MetaModel
+from metablocks.model import MetaModel, feature_take_indices, stage_block_outputs
+
+
+class FeatureInfo:
+    """The feature levels a FeatureExtractor returns, with timm's ``FeatureInfo`` interface: ``channels()``,
+    ``reduction()``, ``module_name()``, ``get_dicts()``, ``len()`` and indexing (each level a dict with ``num_chs``,
+    ``reduction``, ``module``)."""
+
+    def __init__(self, levels: list[dict[str, Any]], out_indices: tuple[int, ...]) -> None:
+        self.info = [levels[i] for i in out_indices]
+        self.out_indices = out_indices
+
+    def get(self, key: str, idx: int | Iterable[int] | None = None) -> Any:
+        if idx is None:
+            return [level[key] for level in self.info]
+        if isinstance(idx, int):
+            return self.info[idx][key]
+        return [self.info[i][key] for i in idx]
+
+    def channels(self, idx: int | Iterable[int] | None = None) -> Any:
+        return self.get("num_chs", idx)
+
+    def reduction(self, idx: int | Iterable[int] | None = None) -> Any:
+        return self.get("reduction", idx)
+
+    def module_name(self, idx: int | Iterable[int] | None = None) -> Any:
+        return self.get("module", idx)
+
+    def get_dicts(self, keys: Iterable[str] | None = None, idx: int | Iterable[int] | None = None) -> Any:
+        chosen = self.info if idx is None else [self.info[idx]] if isinstance(idx, int) else [self.info[i] for i in idx]
+        dicts = [dict(level) if keys is None else {k: level[k] for k in keys} for level in chosen]
+        return dicts[0] if isinstance(idx, int) else dicts
+
+    def __getitem__(self, item: int) -> dict[str, Any]:
+        return self.info[item]
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.info)
+
+    def __eq__(self, other: object) -> bool:
+        return list(self.info) == list(other) if isinstance(other, (FeatureInfo, list)) else NotImplemented
+
+    def __repr__(self) -> str:
+        return f"FeatureInfo({self.info})"
 
 
 class FeatureExtractor(nn.Module):
-    """Stem and stages of a MetaModel; forward returns one feature map per index in ``out_indices``."""
+    """Stem and stages of a MetaModel; forward returns one feature map per level in ``out_indices``."""
 
-    def __init__(self, model: MetaModel, out_indices: Iterable[int] | None = None) -> None:
+    def __init__(self, model: MetaModel, out_indices: int | Iterable[int] | None = None) -> None:
         super().__init__()
-        count = len(model.stages)
-        indices = range(count) if out_indices is None else out_indices
-        for i in indices:
-            if not -count <= i < count:
-                raise ValueError(f"out_indices: {model.recipe.name} has {count} stages (0..{count - 1}), got {i}")
-        self.out_indices = tuple(sorted({i % count for i in indices}))
+        count = len(model.feature_info)
+        if out_indices is not None and not isinstance(out_indices, int):
+            for i in out_indices:
+                if not -count <= i < count:
+                    unit = "blocks (isotropic: a level per block)" if model.isotropic else "stages"
+                    raise ValueError(f"out_indices: {model.recipe.name} has {count} {unit} (0..{count - 1}), got {i}")
+        self.out_indices = tuple(feature_take_indices(count, out_indices, model.recipe.name))
+        last = max(self.out_indices)
         self.recipe = model.recipe
+        self.isotropic = model.isotropic
+        self.pretrained_cfg = dict(model.pretrained_cfg)
+        self.default_cfg = self.pretrained_cfg
         self.stem = model.stem
-        self.stages = model.stages[: max(self.out_indices) + 1]
-        self.feature_info = [model.feature_info[i] for i in self.out_indices]
+        if model.isotropic:
+            model.prune_intermediate_layers([last], prune_head=False)
+            self.stages = model.stages
+        else:
+            self.stages = model.stages[: last + 1]
+        self.feature_info = FeatureInfo(model.feature_info, self.out_indices)
 
     def channels(self) -> list[int]:
-        return [info["num_chs"] for info in self.feature_info]
+        return self.feature_info.channels()
 
     def reductions(self) -> list[int]:
-        return [info["reduction"] for info in self.feature_info]
+        return self.feature_info.reduction()
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        x, out = self.stem(x), []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in self.out_indices:
-                out.append(x)  # (B, C_i, H / r_i, W / r_i)
+        x, out, level = self.stem(x), [], 0
+        for stage in self.stages:
+            for x in (stage_block_outputs(stage, x) if self.isotropic else [stage(x)]):
+                if level in self.out_indices:
+                    out.append(x)  # (B, C_i, H / r_i, W / r_i)
+                level += 1
         return out

@@ -38,9 +38,12 @@ class Relayout(nn.Module):
         self.inner, self.site, self.inner_layout = inner, site, inner_layout
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.site == "vector":  # (B, C) -> a 1x1 map in the inner layout -> (B, C)
+        if self.site == "vector" and x.ndim == 2:  # (B, C) -> a 1x1 map in the inner layout -> (B, C)
             x = x[:, :, None, None] if self.inner_layout == "channels_first" else x[:, None, None, :]
             return self.inner(x).flatten(1)
+        if self.site == "vector":  # channels last at every position of a head without global pool: (B, H, W, C)
+            return to_layout(self.inner(to_layout(x, "channels_last", self.inner_layout)), self.inner_layout,
+                             "channels_last")
         return to_layout(self.inner(to_layout(x, self.site, self.inner_layout)), self.inner_layout, self.site)
 
 

@@ -24,11 +24,13 @@ def test_reset_classifier() -> None:
 
 def test_intermediates_and_feature_info() -> None:
     model = metablocks.create_model("convformer_s18")
-    feats = model.forward_intermediates(torch.randn(1, 3, 224, 224))
+    x = torch.randn(1, 3, 224, 224)
+    final, feats = model.forward_intermediates(x)  # timm's return: (final features, intermediates)
     assert [tuple(f.shape[1:]) for f in feats] == [(64, 56, 56), (128, 28, 28), (320, 14, 14), (512, 7, 7)]
+    assert torch.equal(final, model.forward_features(x)) and torch.equal(final, feats[-1])
     assert [i["reduction"] for i in model.feature_info] == [4, 8, 16, 32]
     assert [i["num_chs"] for i in model.feature_info] == [64, 128, 320, 512]
-    assert len(model.forward_intermediates(torch.randn(1, 3, 64, 64), indices=[1])) == 1
+    assert len(model.forward_intermediates(torch.randn(1, 3, 64, 64), indices=[1], intermediates_only=True)) == 1
 
 
 def test_grad_checkpointing_gives_the_same_gradients() -> None:

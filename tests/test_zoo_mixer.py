@@ -39,7 +39,8 @@ def test_recipe_reads_like_table_1(name: str, depth: int, dim: int, table_params
 
 def test_one_stage_of_196_tokens() -> None:
     model = metablocks.create_model("mixer_s16_224")
-    assert model.feature_info == [dict(num_chs=512, reduction=16, module="stages.0")]
+    # one stage: a feature level per block, as timm's MLP-Mixer exposes
+    assert model.feature_info == [dict(num_chs=512, reduction=16, module=f"stages.0.blocks.{j}") for j in range(8)]
     block = model.stages[0].blocks[0]
     assert block.layout == "channels_last"
     assert (block.token_mixer.fc1.in_features, block.token_mixer.fc1.out_features) == (196, 256)
@@ -54,6 +55,7 @@ def test_other_input_sizes_are_refused() -> None:
 
 
 def test_features_only_gives_the_single_stage_map() -> None:
-    features = metablocks.create_model("mixer_s16_224", features_only=True)
+    features = metablocks.create_model("mixer_s16_224", features_only=True, out_indices=(-1,))
     (out,) = features(torch.randn(1, 3, 224, 224))
     assert out.shape == (1, 512, 14, 14)
+    assert features.feature_info.module_name() == ["stages.0.blocks.7"]

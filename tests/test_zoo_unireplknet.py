@@ -220,5 +220,6 @@ def test_forward_backward(resolution: int) -> None:
     out.square().mean().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    features = model.forward_intermediates(torch.randn(1, 3, resolution, resolution))
+    final, features = model.forward_intermediates(torch.randn(1, 3, resolution, resolution))
+    assert final.shape[-1] == resolution // 32
     assert [f.shape[-1] for f in features] == [resolution // 4, resolution // 8, resolution // 16, resolution // 32]

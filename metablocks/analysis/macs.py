@@ -153,14 +153,44 @@ class MacReport:
         return f"{human(self.total)} MACs at {'x'.join(map(str, self.input_size))} ({parts_})"
 
 
+class _ChannelsFirst(nn.Module):
+    """A channels-last block seen from outside as (B, C, H, W) in and out (the permutes cost no MACs)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _block_input(block: nn.Module, input_size: tuple[int, ...]) -> tuple[nn.Module, tuple[int, ...]]:
+    """A Block takes the standard (C, H, W) whatever layout it runs in (one taken from a model may run (B, H, W, C));
+    its own layout's (H, W, C) is accepted too."""
+    dim, channels_last = block.dim, block.io_layout == "channels_last"
+    if len(input_size) == 3 and input_size[0] == dim:
+        return (_ChannelsFirst(block) if channels_last else block), tuple(input_size)
+    if channels_last and len(input_size) == 3 and input_size[-1] == dim:
+        return block, tuple(input_size)
+    raise ValueError(f"count_macs: this block has width {dim}, so input_size is (C, H, W) = ({dim}, H, W)"
+                     f"{f' (or its own layout, (H, W, {dim}))' if channels_last else ''}; got {tuple(input_size)}")
+
+
 def count_macs(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)) -> MacReport:
     """Trace ``model`` on a (1, *input_size) input and count its MACs (see the module doc for what counts).
 
+    A Block (standalone or taken from a model) takes ``(C, H, W)`` as a model does, whatever layout it runs in.
     fvcore's warnings about ops it cannot count are silenced: those ops are in ``report.skipped_ops``.
     """
     with warnings.catch_warnings():  # importing fvcore makes torch warn that jit.script is deprecated
         warnings.simplefilter("ignore")
         from fvcore.nn import FlopCountAnalysis
+    from metablocks.blocks import Block
+
+    traced, prefix = model, ""
+    if isinstance(model, Block):
+        traced, input_size = _block_input(model, input_size)
+        prefix = "block." if traced is not model else ""
 
     param = next(model.parameters(), None)
     x = torch.zeros(1, *input_size, device=param.device if param is not None else None,
@@ -168,7 +198,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)) ->
     was_training = model.training
     model.eval()
     try:
-        analysis = FlopCountAnalysis(model, x).set_op_handle(**HANDLES)
+        analysis = FlopCountAnalysis(traced, x).set_op_handle(**HANDLES)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         logger = logging.getLogger("fvcore.nn.jit_analysis")
         level = logger.level
@@ -183,6 +213,9 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = (3, 224, 224)) ->
             logger.setLevel(level)
     finally:
         model.train(was_training)
+    if prefix:  # names as in the block itself
+        by_module = {("" if name == "block" else name.removeprefix(prefix)): macs for name, macs in by_module.items()
+                     if name != ""}
     by_stage = {name: by_module.get(name, 0) for name, _ in parts(model)}
     rest = by_module[""] - sum(by_stage.values())
     if rest:

@@ -97,6 +97,9 @@ def register(subparsers: Any) -> None:
     add_train_flags(p)
     p.add_argument("--out", default=None, help="directory for checkpoint.safetensors, model.safetensors and "
                    "result.json; an existing checkpoint there is resumed")
+    p.add_argument("--pretrained", default=None, metavar="PATH",
+                   help="fine-tune from a local timm or metablocks checkpoint (.safetensors, .pth); a classifier of "
+                   "another size starts fresh")
     p.add_argument("--measure", action="store_true", help="also measure params, MACs, speed and memory")
     p.add_argument("--no-progress", action="store_true", help="no progress output")
     p.set_defaults(func=run)
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train(args.recipe, data=data, config=config, out_dir=args.out, overrides=args.override or None,
                        measure=MeasureConfig() if args.measure else None, make_progress=progress.run,
-                       name=Path(args.recipe).stem)
+                       name=Path(args.recipe).stem, pretrained=args.pretrained)
     except TrainingFailed as err:
         print(f"error: training failed: {err}", file=sys.stderr)
         return 1

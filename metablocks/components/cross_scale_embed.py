@@ -58,8 +58,9 @@ class CrossScaleEmbed(nn.Module):
         out_dim = self.fc.out_features
         weights = self.fc.weight.split([self.in_dim * k * k for k in self.kernels], dim=1)
         y = self.fc.bias[:, None, None]
-        for k, w in zip(self.kernels, weights):
-            y = y + F.conv2d(x, w.reshape(out_dim, self.in_dim, k, k), stride=self.stride, padding=(k - self.stride) // 2)
+        for i, k in enumerate(self.kernels):  # indexed, not zipped: under torch.fx ``weights`` is one proxy
+            w = weights[i].reshape(out_dim, self.in_dim, k, k)
+            y = y + F.conv2d(x, w, stride=self.stride, padding=(k - self.stride) // 2)
         return y  # (B, C_out, H/s, W/s)
 
 

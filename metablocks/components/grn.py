@@ -29,10 +29,14 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
-        spatial, channel = ((1, 2), -1) if self.channels_last else ((2, 3), 1)
-        shape = (-1,) if self.channels_last else (-1, 1, 1)
-        energy = torch.linalg.vector_norm(x, dim=spatial, keepdim=True)  # (B, 1, 1, C) or (B, C, 1, 1)
-        response = energy / (energy.mean(dim=channel, keepdim=True) + self.eps)
+        if self.channels_last:  # one branch per layout (TorchScript types each branch's tuples on their own)
+            energy = torch.linalg.vector_norm(x, dim=(1, 2), keepdim=True)  # (B, 1, 1, C)
+            response = energy / (energy.mean(dim=-1, keepdim=True) + self.eps)
+            shape = [-1]
+        else:
+            energy = torch.linalg.vector_norm(x, dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+            response = energy / (energy.mean(dim=1, keepdim=True) + self.eps)
+            shape = [-1, 1, 1]
         out = x + self.gamma.reshape(shape) * (x * response)
         return out if self.beta is None else out + self.beta.reshape(shape)
 

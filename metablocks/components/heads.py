@@ -10,6 +10,16 @@ from metablocks.layout import build_at
 from metablocks.registry import Component, Context, Ref, register
 
 
+POOLS = ("avg", "max", "")
+
+
+def checked_pool(pool: str) -> str:
+    """``pool`` if it is a global pool a head can run (timm's ``global_pool``), else a ValueError saying which are."""
+    if pool not in POOLS:
+        raise ValueError(f"global_pool={pool!r} is not supported; allowed: 'avg', 'max', '' (no pooling)")
+    return pool
+
+
 class PoolHead(nn.Module):
     """Global pool -> norm -> dropout -> ``fc``; subclasses say what ``fc`` is."""
 
@@ -25,13 +35,22 @@ class PoolHead(nn.Module):
     def classifier(self, num_classes: int) -> nn.Module:
         raise NotImplementedError
 
-    def reset(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` (0: pooled features out)."""
+    def reset(self, num_classes: int, pool: str | None = None) -> None:
+        """Replace the classifier with a fresh one for ``num_classes`` (0: pooled features out); ``pool`` sets the
+        global pool ("avg", "max", or "": none, the rest of the head then runs at every position)."""
         self.fc = self.classifier(num_classes) if num_classes > 0 else nn.Identity()
+        if pool is not None:
+            self.pool = checked_pool(pool)
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if self.norm_first:  # normalize the map, then pool (ViT, MLP-Mixer, Swin)
             x = self.norm(x)
+        if self.pool == "":  # no global pool: (B, C, H, W) in and out, norm and classifier at every position
+            x = x.permute(0, 2, 3, 1)
+            if not self.norm_first:
+                x = self.norm(x)
+            x = self.drop(x)
+            return (x if pre_logits else self.fc(x)).permute(0, 3, 1, 2)
         x = x.mean((2, 3)) if self.pool == "avg" else x.amax((2, 3))  # (B, C)
         if not self.norm_first:  # pool, then normalize (MetaFormer)
             x = self.norm(x)
@@ -40,7 +59,7 @@ class PoolHead(nn.Module):
 
 
 class LinearHeadConfig(Component):
-    pool: Literal["avg", "max"] = "avg"
+    pool: Literal["avg", "max", ""] = "avg"  # "": no global pool (timm's global_pool=''), logits at every position
     norm: Annotated[Component, Ref("norm")] | None = None
     norm_first: bool = False  # normalize the (B, C, H, W) map before pooling instead of the pooled vector
     drop_rate: Probability = 0.0

@@ -67,3 +67,6 @@ class BatchNorm(nn.BatchNorm2d):
 
     def __init__(self, dim: int, *, eps: float = 1e-5, momentum: float = 0.1) -> None:
         super().__init__(dim, eps=eps, momentum=momentum)
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        """No runtime check: the layout contract gives (B, C, H, W), and torch.fx cannot branch on a traced ndim."""

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from metablocks.layout import build_at
 from metablocks.registry import Component, Context, Ref, register
+from metablocks.tracing import fx_tracing
 
 
 class PatchMergingConfig(Component):
@@ -45,10 +46,11 @@ class PatchMerging(nn.Module):
         self.reduction = nn.Linear(4 * in_dim, out_dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
-        height, width = x.shape[-2:]
-        if height % 2 or width % 2:
-            x = F.pad(x, (0, width % 2, 0, height % 2))
-        # the 4C channels in Swin's order: (0,0), (1,0), (0,1), (1,1) as (row, column) offsets
-        x = rearrange(x, "b c (h dh) (w dw) -> b h w (dw dh c)", dh=2, dw=2)  # (B, H/2, W/2, 4C)
+        height, width = x.shape[-2], x.shape[-1]
+        if (not torch.jit.is_scripting() and fx_tracing()) or height % 2 == 1 or width % 2 == 1:
+            x = F.pad(x, (0, width % 2, 0, height % 2))  # traced: always (a no-op pad at even sizes)
+        # the 4C channels in Swin's order: (0,0), (1,0), (0,1), (1,1) as (row, column) offsets; permute/reshape as
+        # einops' "b c (h dh) (w dw) -> b h w (dw dh c)" (TorchScript and torch.fx take these)
+        x = x.unflatten(2, (-1, 2)).unflatten(4, (-1, 2)).permute(0, 2, 4, 5, 3, 1).flatten(3)  # (B, H/2, W/2, 4C)
         x = self.reduction(self.norm(x))  # (B, H/2, W/2, C_out)
-        return rearrange(x, "b h w c -> b c h w")  # a view: the next block permutes it back for free
+        return x.permute(0, 3, 1, 2)  # a view: the next block permutes it back for free

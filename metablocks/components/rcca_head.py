@@ -66,7 +66,7 @@ class RCCAHead(nn.Module):
                  norm: Component, act: Component, drop_rate: float = 0.1, resolution: tuple[int, int] | None = None) -> None:
         super().__init__()
         inter = dim // reduction
-        self.hidden_dim = hidden_dim
+        self.hidden_dim = self.hidden_size = hidden_dim  # hidden_size: the channels pre_logits gives
         self.conva = _conv_norm_act(dim, inter, norm, act)
         self.cca = build_at(attention, inter, "channels_first", resolution=resolution)  # any token mixer, in its layout
         self.convb = _conv_norm_act(inter, inter, norm, act)
@@ -76,8 +76,12 @@ class RCCAHead(nn.Module):
     def classifier(self, num_classes: int) -> nn.Module:
         return nn.Conv2d(self.hidden_dim, num_classes, 1) if num_classes > 0 else nn.Identity()
 
-    def reset(self, num_classes: int) -> None:
-        """A fresh classifier for ``num_classes`` (0: the fused 512-channel map out)."""
+    def reset(self, num_classes: int, pool: str | None = None) -> None:
+        """A fresh classifier for ``num_classes`` (0: the fused 512-channel map out); a per-position head has no
+        global pool to set (``pool`` must be None or "")."""
+        if pool:
+            raise ValueError(f"global_pool={pool!r}: the rcca head classifies every position and has no global pool; "
+                             "allowed: None or ''")
         self.fc = self.classifier(num_classes)
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:  # (B, C, H, W) -> (B, num_classes, H, W)

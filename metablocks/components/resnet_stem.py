@@ -78,6 +78,12 @@ class ResNetStem(nn.Module):
             self._names += [f"conv{i}", f"bn{i}", f"act{i}"]
         self.pool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=ceil_mode) if pool else nn.Identity()
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """TorchScript gets the conv/bn/act sequence unrolled (metablocks/tracing.py): same submodules, same names."""
+        from metablocks.tracing import unrolled
+
+        return unrolled(self)
+
     def forward(self, x: Tensor) -> Tensor:  # (B, 3, H, W) -> (B, channels[-1], H/4, W/4)
         for name in self._names:
             x = self._modules[name](x)

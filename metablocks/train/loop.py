@@ -138,8 +138,9 @@ def _configure(config: TrainConfig, device: torch.device) -> None:
 
 def build(recipe: Any, info: DataInfo, data: DataConfig, overrides: Mapping[str, Any] | Iterable[str] | None,
           config: TrainConfig | None = None) -> nn.Module:
-    from metablocks.model import build_model
+    from metablocks.model import build_model, resolve_name
 
+    recipe = resolve_name(recipe) if isinstance(recipe, str) else recipe  # timm names too
     fields = {"drop_path_rate": config.drop_path} if config is not None and config.drop_path is not None else {}
     return build_model(recipe, overrides=overrides, num_classes=info.num_classes, img_size=data.img_size,
                        in_chans=info.in_chans, **fields)
@@ -172,9 +173,12 @@ def _regularization(config: TrainConfig, model: nn.Module, info: DataInfo, batch
 def train(recipe: Any, *, data: DataConfig, config: TrainConfig, out_dir: str | Path | None = None,
           overrides: Mapping[str, Any] | Iterable[str] | None = None, measure: MeasureConfig | None = None,
           progress: RunProgress | None = None, splits: Splits | None = None, name: str = "run",
-          make_progress: Any = None) -> dict[str, Any]:
-    """Train ``recipe`` (file, shipped name, dict or Recipe; ``overrides`` as for ``build_model``) and evaluate it.
+          make_progress: Any = None, pretrained: str | Path | None = None) -> dict[str, Any]:
+    """Train ``recipe`` (file, shipped name, timm name, dict or Recipe; ``overrides`` as for ``build_model``) and
+    evaluate it.
 
+    ``pretrained``: start from a local timm or metablocks checkpoint (``metablocks.load_pretrained``: a classifier
+    of another size starts fresh, the first conv is adapted to the data's channels): fine-tuning.
     With ``out_dir``, a checkpoint is written there after every epoch and an existing one is resumed from.
     Returns final/best top-1, per-epoch curves, train throughput and (with ``measure``) the model measurements.
     """
@@ -186,7 +190,12 @@ def train(recipe: Any, *, data: DataConfig, config: TrainConfig, out_dir: str | 
                         world=world.size, splits=splits)
     info = pipeline.info
     torch.manual_seed(config.seed)
-    model = build(recipe, info, data, overrides, config).to(device)
+    model = build(recipe, info, data, overrides, config)
+    if pretrained is not None:
+        from metablocks.interop.timm import load_pretrained
+
+        load_pretrained(model, pretrained)
+    model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mixup, ema, criterion = _regularization(config, model, info, config.batch_size, device)

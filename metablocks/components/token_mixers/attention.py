@@ -3,7 +3,6 @@ spatial reduction of keys and values (PVT, Wang et al. 2021; Next-ViT, Li et al.
 from __future__ import annotations
 
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from metablocks.fields import Heads, Probability, Stride
@@ -71,15 +70,20 @@ class Attention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
-        height = x.shape[1]
-        tokens = rearrange(x, "b h w c -> b (h w) c")
-        if self.sr_ratio == 1:
-            q, k, v = rearrange(self.qkv(tokens), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
+        # reshape/permute rather than einops: TorchScript and torch.fx take these (the same views einops makes)
+        tokens = x.flatten(1, 2)  # (B, N, C)
+        if hasattr(self, "qkv"):  # sr_ratio 1 (hasattr: TorchScript compiles only the branch this module has)
+            q, k, v = _split_heads(self.qkv(tokens), 3, self.num_heads).unbind(0)  # 3 x (B, heads, N, d)
         else:
-            q = rearrange(self.q(tokens), "b n (h d) -> b h n d", h=self.num_heads)
-            reduced = self.sr(rearrange(x, "b h w c -> b c h w"))
-            reduced = self.norm(rearrange(reduced, "b c h w -> b (h w) c"))
-            k, v = rearrange(self.kv(reduced), "b n (two h d) -> two b h n d", two=2, h=self.num_heads)
+            q = _split_heads(self.q(tokens), 1, self.num_heads)[0]
+            reduced = self.sr(x.permute(0, 3, 1, 2))  # (B, C, H/r, W/r)
+            reduced = self.norm(reduced.permute(0, 2, 3, 1).flatten(1, 2))  # (B, N/r^2, C)
+            k, v = _split_heads(self.kv(reduced), 2, self.num_heads).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)  # (B, heads, N, d)
-        out = self.proj_drop(self.proj(rearrange(out, "b h n d -> b n (h d)")))
-        return rearrange(out, "b (h w) c -> b h w c", h=height)
+        out = self.proj_drop(self.proj(out.permute(0, 2, 1, 3).flatten(2)))  # (B, N, C)
+        return out.unflatten(1, (x.shape[1], x.shape[2]))  # (B, H, W, C)
+
+
+def _split_heads(x: Tensor, parts: int, num_heads: int) -> Tensor:
+    """(B, N, parts * heads * d) -> (parts, B, heads, N, d), as ``rearrange("b n (p h d) -> p b h n d")``."""
+    return x.reshape(x.shape[0], x.shape[1], parts, num_heads, -1).permute(2, 0, 3, 1, 4)

@@ -81,11 +81,12 @@ class CrissCrossAttention(nn.Module):
         return out_col + out_row
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
-        y, updates = x, None
-        for _ in range(self.recurrence):  # shared weights: RCCA
+        updates = self.gamma * self.criss_cross(x)  # the first pass (no Optional accumulator: TorchScript)
+        y = x + updates
+        for _ in range(self.recurrence - 1):  # shared weights: RCCA
             step = self.gamma * self.criss_cross(y)
             y = y + step
-            updates = step if updates is None else updates + step
+            updates = updates + step
         return y if self.residual else updates
 
     def extra_repr(self) -> str:

@@ -74,6 +74,12 @@ class DilatedReparam(nn.Module):
             self.add_module(f"dil_conv_k{k}_{r}", _depthwise(dim, k, dilation=r))
             self.add_module(f"dil_bn_k{k}_{r}", nn.BatchNorm2d(dim))
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """TorchScript gets the plan of named submodules unrolled (metablocks/tracing.py): same submodules, same names."""
+        from metablocks.tracing import unrolled
+
+        return unrolled(self)
+
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
         if self.origin_bn is None:  # fused
             return self.lk_origin(x)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
 
-from einops import rearrange
+import torch
 from torch import Tensor, nn
 
 from metablocks.fields import Probability, Ratio, Width, width_problems
 from metablocks.registry import Component, Context, Ref, register
+from metablocks.tracing import fx_tracing
 
 
 class RaftConfig(Component):
@@ -76,19 +77,29 @@ class RaftTokenMixer(nn.Module):
         self.horizontal = (AxisMlp(raft_size * width, int(expansion_factor * raft_size * width), act, drop)
                            if axis in ("both", "horizontal") else None)
 
+    # permutes/reshapes as einops' patterns in the comments (TorchScript and torch.fx take these)
     def _mix_vertical(self, x: Tensor) -> Tensor:  # (B, H, W, C)
-        cols = rearrange(x, "b h w (r g) -> b g w (r h)", r=self.raft_size)  # (B, C/r, W, r*H)
-        return rearrange(self.vertical(cols), "b g w (r h) -> b h w (r g)", r=self.raft_size)  # type: ignore[misc]
+        cols = x.unflatten(3, (self.raft_size, -1)).permute(0, 4, 2, 3, 1).flatten(3)  # "b h w (r g) -> b g w (r h)"
+        out = self.vertical(cols)  # type: ignore[misc]
+        return out.unflatten(3, (self.raft_size, -1)).permute(0, 4, 2, 3, 1).flatten(3)  # "b g w (r h) -> b h w (r g)"
 
     def _mix_horizontal(self, x: Tensor) -> Tensor:  # (B, H, W, C)
-        rows = rearrange(x, "b h w (r g) -> b g h (r w)", r=self.raft_size)  # (B, C/r, H, r*W)
-        return rearrange(self.horizontal(rows), "b g h (r w) -> b h w (r g)", r=self.raft_size)  # type: ignore[misc]
+        rows = x.unflatten(3, (self.raft_size, -1)).permute(0, 4, 1, 3, 2).flatten(3)  # "b h w (r g) -> b g h (r w)"
+        out = self.horizontal(rows)  # type: ignore[misc]
+        return out.unflatten(3, (self.raft_size, -1)).permute(0, 2, 4, 3, 1).flatten(3)  # "b g h (r w) -> b h w (r g)"
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
-        if tuple(x.shape[1:3]) != self.resolution:
-            raise ValueError(f"raft mixing was built for a fixed {self.resolution[0]}x{self.resolution[1]} token grid; "
-                             f"got a {x.shape[1]}x{x.shape[2]} map")
+        if not torch.jit.is_scripting() and not fx_tracing():
+            self._check_resolution(x)
         if self.vertical is None:
             return self._mix_horizontal(x)
         v = self._mix_vertical(x)
-        return v if self.horizontal is None else v + self._mix_horizontal(x + v)
+        if self.horizontal is None:
+            return v
+        return v + self._mix_horizontal(x + v)
+
+    @torch.jit.unused
+    def _check_resolution(self, x: Tensor) -> None:
+        if (x.shape[1], x.shape[2]) != self.resolution:
+            raise ValueError(f"raft mixing was built for a fixed {self.resolution[0]}x{self.resolution[1]} token grid; "
+                             f"got a {x.shape[1]}x{x.shape[2]} map")

@@ -4,10 +4,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 from metablocks.registry import Component, Context, register
+from metablocks.tracing import fx_tracing
 
 
 class RandomMixingConfig(Component):
@@ -40,13 +40,17 @@ class RandomMixing(nn.Module):
         self.random_matrix = nn.Parameter(torch.softmax(torch.rand(num_tokens, num_tokens), dim=-1), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
-        height, width = x.shape[1], x.shape[2]
-        if (height, width) != self.resolution:
-            raise ValueError(f"random mixing was built for a fixed {self.resolution[0]}x{self.resolution[1]} token grid; "
-                             f"got a {height}x{width} map")
-        tokens = rearrange(x, "b h w c -> b (h w) c")
+        if not torch.jit.is_scripting() and not fx_tracing():
+            self._check_resolution(x)
+        tokens = x.flatten(1, 2)  # (B, N, C), einops' "b h w c -> b (h w) c" (TorchScript and torch.fx take it)
         mixed = torch.matmul(self.random_matrix, tokens)  # (N, N) @ (B, N, C) -> (B, N, C)
-        return rearrange(mixed, "b (h w) c -> b h w c", h=height)
+        return mixed.reshape(x.shape)  # (B, H, W, C)
+
+    @torch.jit.unused
+    def _check_resolution(self, x: Tensor) -> None:
+        if (x.shape[1], x.shape[2]) != self.resolution:
+            raise ValueError(f"random mixing was built for a fixed {self.resolution[0]}x{self.resolution[1]} token grid; "
+                             f"got a {x.shape[1]}x{x.shape[2]} map")
 
     def extra_repr(self) -> str:
         return f"resolution={self.resolution}, num_tokens={self.random_matrix.shape[0]}"

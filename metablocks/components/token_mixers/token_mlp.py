@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, ClassVar
 
-from einops import rearrange
+import torch
 from torch import Tensor, nn
 
 from metablocks.fields import Probability, Ratio, Width
 from metablocks.registry import Component, Context, Ref, register
+from metablocks.tracing import fx_tracing
 
 
 class TokenMlpConfig(Component):
@@ -60,10 +61,15 @@ class TokenMlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
-        height, width = x.shape[1], x.shape[2]
-        if (height, width) != self.resolution:
-            raise ValueError(f"the token MLP was built for a fixed {self.resolution[0]}x{self.resolution[1]} token grid; "
-                             f"got a {height}x{width} map")
-        tokens = rearrange(x, "b h w c -> b c (h w)")  # (B, C, N): the Linear layers act on the token axis
+        if not torch.jit.is_scripting() and not fx_tracing():
+            self._check_resolution(x)
+        # permute/reshape as einops' "b h w c -> b c (h w)" and back (TorchScript and torch.fx take these)
+        tokens = x.permute(0, 3, 1, 2).flatten(2)  # (B, C, N): the Linear layers act on the token axis
         tokens = self.drop2(self.fc2(self.drop1(self.act(self.fc1(tokens)))))
-        return rearrange(tokens, "b c (h w) -> b h w c", h=height)
+        return tokens.reshape(x.shape[0], x.shape[3], x.shape[1], x.shape[2]).permute(0, 2, 3, 1)  # (B, H, W, C)
+
+    @torch.jit.unused
+    def _check_resolution(self, x: Tensor) -> None:
+        if (x.shape[1], x.shape[2]) != self.resolution:
+            raise ValueError(f"the token MLP was built for a fixed {self.resolution[0]}x{self.resolution[1]} token grid; "
+                             f"got a {x.shape[1]}x{x.shape[2]} map")

@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-from einops import rearrange
 from pydantic import Field, Strict
 from torch import Tensor, nn
 
@@ -40,7 +39,9 @@ def haar_dwt2d(x: Tensor) -> tuple[Tensor, Tensor]:
     i.e. the separable filters low = [1, 1]/sqrt(2), high = [1, -1]/sqrt(2); the transform is orthonormal
     (it preserves the sum of squares) and differentiable like any tensor arithmetic.
     """
-    (p, q), (r, s) = rearrange(x, "b c (h i) (w j) -> i j b c h w", i=2, j=2)  # each (B, C, H/2, W/2)
+    # einops' "b c (h i) (w j) -> i j b c h w", as views (TorchScript and torch.fx take these)
+    quads = x.unflatten(2, (-1, 2)).unflatten(4, (-1, 2)).permute(3, 5, 0, 1, 2, 4)
+    p, q, r, s = quads[0, 0], quads[0, 1], quads[1, 0], quads[1, 1]  # each (B, C, H/2, W/2)
     top, bottom, left, right = p + q, r + s, p - q, r - s
     ll = (top + bottom) / 2
     highs = torch.stack([(top - bottom) / 2, (left + right) / 2, (left - right) / 2], dim=2)  # (B, C, 3, H/2, W/2)
@@ -57,7 +58,7 @@ def haar_subbands(x: Tensor, levels: int) -> list[Tensor]:
     bands, ll = [], x
     for _ in range(levels):
         ll, highs = haar_dwt2d(ll)
-        bands.append(torch.cat([ll, rearrange(highs, "b c k h w -> b (c k) h w")], dim=1))  # (B, 4C, h, w)
+        bands.append(torch.cat([ll, highs.flatten(1, 2)], dim=1))  # (B, 4C, h, w)
     return bands
 
 
@@ -112,6 +113,12 @@ class WaveMixer(nn.Module):
             ))
             names.append(name)
         self._names = tuple(names)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """TorchScript gets the plan of named submodules unrolled (metablocks/tracing.py): same submodules, same names."""
+        from metablocks.tracing import unrolled
+
+        return unrolled(self)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
         bands = haar_subbands(self.reduction(x), self.levels)  # level j: (B, C, H/2^j, W/2^j)

@@ -6,13 +6,13 @@ from typing import Annotated
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from pydantic import Field
 from torch import Tensor, nn
 
 from metablocks.components.token_mixers.attention import MultiHeadConfig
 from metablocks.fields import Kernel, Probability
 from metablocks.registry import Context, register
+from metablocks.tracing import fx_tracing
 
 
 class WindowAttentionConfig(MultiHeadConfig):
@@ -81,15 +81,21 @@ def shift_mask(padded: tuple[int, int], window: tuple[int, int], shift: tuple[in
     """(num_windows, N, N) additive mask: ``value`` between tokens of a window that were not neighbours
     before the cyclic shift, 0 elsewhere. ``padded`` is the (H, W) of the rolled, padded map."""
     region = _regions(padded[0], window[0], shift[0])[:, None] * 3 + _regions(padded[1], window[1], shift[1])[None, :]
-    region = rearrange(region, "(nh wh) (nw ww) -> (nh nw) (wh ww)", wh=window[0], ww=window[1])  # (nW, N)
+    region = _windows(region[None, :, :, None], window[0], window[1])[0, :, :, 0]  # (nW, N)
     differs = region[:, :, None] != region[:, None, :]  # (nW, N, N)
     return torch.zeros(differs.shape).masked_fill(differs, value)
+
+
+def _windows(x: Tensor, wh: int, ww: int) -> Tensor:
+    """(B, nh*wh, nw*ww, C) -> (B, nh*nw, wh*ww, C), einops' "b (nh wh) (nw ww) c -> b (nh nw) (wh ww) c"."""
+    return x.unflatten(1, (-1, wh)).unflatten(3, (-1, ww)).permute(0, 1, 3, 2, 4, 5).flatten(3, 4).flatten(1, 2)
 
 
 def biased_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout: float = 0.0) -> Tensor:
     """softmax(q k^T / sqrt(d) + bias) v. SDPA, unless the bias needs a gradient: SDPA then falls back to its math
     path, whose NaN-safe softmax costs more than these three ops (CPU, 49-token windows: 0.76 vs 0.55 ms)."""
-    if not (bias.requires_grad and torch.is_grad_enabled()):
+    # traced (torch.fx), the bias is a proxy: grad mode alone decides, as it does for the parameter table in eager
+    if not (torch.is_grad_enabled() and ((not torch.jit.is_scripting() and fx_tracing()) or bias.requires_grad)):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
     # scaled after the product, in the add: scaling q first would keep a scaled copy of q alive for the backward
     scores = torch.add(bias, q @ k.transpose(-2, -1), alpha=q.shape[-1] ** -0.5)
@@ -100,6 +106,8 @@ def biased_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout: flo
 class WindowAttention(nn.Module):
     """Self-attention inside non-overlapping windows, optionally cyclically shifted, with a learned relative
     position bias per head (Swin Transformer, Liu et al. 2021)."""
+
+    traced_at_built_size = True  # torch.fx bakes the shift mask of the map size it was built for
 
     def __init__(self, dim: int, *, num_heads: int, head_dim: int, window_size: tuple[int, int],
                  shift_size: tuple[int, int], resolution: tuple[int, int], qkv_bias: bool = True,
@@ -116,50 +124,59 @@ class WindowAttention(nn.Module):
         self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
         self.proj = nn.Linear(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
-        self._padded = self._padded_size(resolution)
-        mask = shift_mask(self._padded, self.window_size, self.shift_size, mask_value) if any(self.shift_size) else None
+        self.shifted = any(self.shift_size)
+        self._padded = self._padded_size(resolution[0], resolution[1])
+        mask = shift_mask(self._padded, self.window_size, self.shift_size, mask_value) if self.shifted else None
         self.register_buffer("attn_mask", mask, persistent=False)
 
-    def _padded_size(self, resolution: tuple[int, int]) -> tuple[int, int]:
+    def _padded_size(self, height: int, width: int) -> tuple[int, int]:
         # r + (w - r % w) % w, not -(-r // w) * w: ONNX's integer Div truncates toward zero, so a traced negative
         # floor division rounds the wrong way (16 -> 14 instead of 21 for w = 7)
-        return tuple(r + (w - r % w) % w for r, w in zip(resolution, self.window_size))  # type: ignore[return-value]
+        wh, ww = self.window_size
+        return height + (wh - height % wh) % wh, width + (ww - width % ww) % ww
 
     def _bias(self, padded: tuple[int, int], device: torch.device) -> Tensor:
         """Relative position bias, (1, heads, N, N); for shifted windows plus the shift mask, (1, nW * heads, N, N).
         4-D, because only a 4-D mask lets SDPA take its fused CPU kernel (a 3-D one falls back to the math path)."""
         n = self.window_size[0] * self.window_size[1]
         table = self.relative_position_bias_table[self.relative_position_index.flatten()]  # (N*N, heads)
-        bias = rearrange(table, "(i j) h -> 1 h i j", i=n)  # (1, heads, N, N)
-        if not any(self.shift_size):
+        bias = table.unflatten(0, (n, n)).permute(2, 0, 1).reshape(1, -1, n, n)  # (1, heads, N, N)
+        mask = self.attn_mask
+        if mask is None:
             return bias
-        mask = self.attn_mask if padded == self._padded else \
-            shift_mask(padded, self.window_size, self.shift_size, self.mask_value).to(device)
-        return rearrange(bias + mask[:, None].to(bias.dtype), "w h i j -> 1 (w h) i j")
+        # torch.fx traces for the built map size (padded sizes are proxies there); eager and TorchScript rebuild
+        # the mask for any other size
+        if (torch.jit.is_scripting() or not fx_tracing()) and padded != self._padded:
+            mask = shift_mask(padded, self.window_size, self.shift_size, self.mask_value).to(device)
+        return (bias + mask[:, None].to(bias.dtype)).reshape(1, -1, n, n)  # (1, nW * heads, N, N)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
-        height, width = x.shape[1:3]
+        # permutes/reshapes spelled out (einops' patterns in the comments): TorchScript and torch.fx take these
+        batch, height, width = x.shape[0], x.shape[1], x.shape[2]
         sh, sw = self.shift_size
         wh, ww = self.window_size
-        if sh or sw:
+        if self.shifted:
             x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
-        padded = self._padded_size((height, width))
-        if padded != (height, width):
-            x = F.pad(x, (0, 0, 0, padded[1] - width, 0, padded[0] - height))
-        windows = rearrange(x, "b (nh wh) (nw ww) c -> b (nh nw) (wh ww) c", wh=wh, ww=ww)  # (B, nW, N, C)
+        tracing = not torch.jit.is_scripting() and fx_tracing()  # sizes are proxies: pad and crop unconditionally
+        pad_h, pad_w = (wh - height % wh) % wh, (ww - width % ww) % ww
+        if tracing or pad_h > 0 or pad_w > 0:
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+        padded = (height + pad_h, width + pad_w)
+        windows = _windows(x, wh, ww)  # (B, nW, N, C)
         # 4-D attention (what SDPA kernels and the ONNX exporter take): windows fold into the batch, where one
         # (heads, N, N) bias serves them all; shifted windows each have their own mask, so they fold into the heads
-        heads = "(w h)" if sh or sw else "h"
-        batch = "b" if sh or sw else "(b w)"
-        q, k, v = rearrange(self.qkv(windows), f"b w n (three h d) -> three {batch} {heads} n d", three=3,
-                            h=self.num_heads)
+        qkv = self.qkv(windows).unflatten(3, (3, self.num_heads, -1)).permute(3, 0, 1, 4, 2, 5)  # (3, B, nW, h, N, d)
+        qkv = qkv.flatten(2, 3) if self.shifted else qkv.flatten(1, 2)  # "three b (w h) n d" / "three (b w) h n d"
+        q, k, v = qkv.unbind(0)
         out = biased_attention(q, k, v, self._bias(padded, x.device), self.attn_drop if self.training else 0.0)
-        out = rearrange(out, f"{batch} {heads} n d -> b w n (h d)", b=x.shape[0], h=self.num_heads)
-        out = self.proj_drop(self.proj(out))  # (B, nW, N, C)
-        x = rearrange(out, "b (nh nw) (wh ww) c -> b (nh wh) (nw ww) c", nh=padded[0] // wh, wh=wh, ww=ww)
-        if padded != (height, width):
+        out = out.unflatten(1, (-1, self.num_heads)) if self.shifted else out.unflatten(0, (batch, -1))  # (B, nW, h, N, d)
+        out = self.proj_drop(self.proj(out.permute(0, 1, 3, 2, 4).flatten(3)))  # (B, nW, N, C)
+        # "b (nh nw) (wh ww) c -> b (nh wh) (nw ww) c"
+        x = out.unflatten(1, (padded[0] // wh, -1)).unflatten(3, (wh, ww)).permute(0, 1, 3, 2, 4, 5).flatten(3, 4)
+        x = x.flatten(1, 2)
+        if tracing or pad_h > 0 or pad_w > 0:
             x = x[:, :height, :width]
-        if sh or sw:
+        if self.shifted:
             x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
         return x
 
