@@ -70,11 +70,11 @@ def test_info_table(capsys: pytest.CaptureFixture) -> None:
     code, out = run(capsys, "info", "poolformer_s12")
     assert code == 0
     lines = out.splitlines()
-    assert lines[1].split() == ["stage", "depth", "dim", "token", "mixer", "output", "params", "MACs"]
+    assert lines[1].split() == ["stage", "depth", "dim", "token", "mixer", "channel", "mixer", "output", "params", "MACs"]
     assert next(line for line in lines if line.startswith("stem")).split() == [
-        "stem", "-", "64", "(conv", "stem)", "64x56x56", "9.5K", "29.5M"]  # 64*3*49 + 64 params, 56*56*64*3*49 MACs
-    assert next(line for line in lines if line.startswith("stages.2")).split()[:5] == [
-        "stages.2", "6", "320", "pooling", "320x14x14"]
+        "stem", "-", "64", "(conv", "stem)", "-", "64x56x56", "9.5K", "29.5M"]  # 64*3*49 + 64 params, 56*56*64*3*49 MACs
+    assert next(line for line in lines if line.startswith("stages.2")).split()[:6] == [
+        "stages.2", "6", "320", "pooling", "mlp", "320x14x14"]
     assert "total: 11.9M params (11,915,176), 1.8G MACs (1,822,555,648) at 3x224x224" in out
     assert "paper: 12M params, 1.8G MACs, 77.2% top-1 at 224x224" in out
     assert "avg_pool2d x12" in out  # named as not counted
@@ -86,7 +86,8 @@ def test_info_input_and_set(capsys: pytest.CaptureFixture) -> None:
     stem = next(line for line in out.splitlines() if line.startswith("stem"))
     assert "64x16x16" in stem
     stage = next(line for line in out.splitlines() if line.startswith("stages.2")).split()
-    assert stage[:5] == ["stages.2", "9", "320", "attention(head_dim=32)", "320x4x4"]
+    assert stage[:6] == ["stages.2", "9", "320", "attention(head_dim=32)", "mlp(act=star_relu, bias=False)", "320x4x4"] or \
+        stage[:7] == ["stages.2", "9", "320", "attention(head_dim=32)", "mlp(act=star_relu,", "bias=False)", "320x4x4"]
     assert next(line for line in out.splitlines() if line.startswith("stages.0")).split()[1] == "1"
 
 
