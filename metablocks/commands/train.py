@@ -69,6 +69,21 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+LOCAL_SOURCES = ("imagefolder", "cifar10", "cifar100")  # data sources read from a directory the user names
+
+
+def _usage_problem(data: Any, config: TrainConfig) -> str | None:
+    """A mistake in the flags found before anything loads, as a sentence (None when there is none)."""
+    if data.source in LOCAL_SOURCES and data.path is None:
+        return f"--data {data.source} reads a local directory: give it with --data-path DIR"
+    if config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"--device {config.device}: CUDA is not available here (torch {torch.__version__}); use --device cpu"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from metablocks.data import AugmentConfig, DataConfig
     from metablocks.train.checkpoint import atomic_write
@@ -79,6 +94,10 @@ def run(args: argparse.Namespace) -> int:
     data = DataConfig(source=args.data, path=args.data_path, img_size=args.img_size, limit_train=args.limit_train,
                       limit_val=args.limit_val, augment=AugmentConfig(crop_padding=args.crop_padding, hflip=args.hflip))
     config = train_config(args)
+    problem = _usage_problem(data, config)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     world = init_world(config.device)
     progress = Progress(enabled=not args.no_progress and world.main)
     try:
