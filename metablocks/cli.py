@@ -26,8 +26,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if ("default" in text or default in (None, False, True, argparse.SUPPRESS) or default == []
-                or action.option_strings == [] and action.nargs in ("*", "+")):
+        if ("default" in text or any(default is nothing for nothing in (None, False, True, argparse.SUPPRESS))
+                or default == [] or not action.option_strings):
             return text
         return f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
 

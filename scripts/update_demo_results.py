@@ -52,21 +52,22 @@ def machine(wall_s: float | None, load_before: tuple[float, ...] | None) -> dict
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
 
 
-def readme_block(results_md: str, info: dict[str, Any]) -> str:
+def readme_block(results_md: str, info: dict[str, Any], measure_batch: int | None = None) -> str:
     """The README's block: where and how the numbers were measured, then the sweep's own table."""
+    import textwrap
+
     wall = f"took {info['wall_s']:.0f} s wall" if info.get("wall_s") else "ran"
     load = info.get("load_avg_before")
     busy = f" (load average {load[0]:.2f} when it started: other jobs shared the machine)" if load and load[0] >= 0.5 else ""
-    return (f"{BEGIN}\n"
-            f"This table is `examples/mixer_ablation_results/results.md`, written by one run of `make demo` "
+    batch = f" bN is batch {measure_batch}." if measure_batch else ""
+    text = (f"This table is `examples/mixer_ablation_results/results.md`, written by one run of `make demo` "
             f"(regenerated with `python scripts/update_demo_results.py`). That run {wall} on a {info['cpus']}-core "
             f"machine, CPU \"{info['cpu']}\" (/proc/cpuinfo), torch {info['torch']}, {info['date']}{busy}. "
             f"The accuracies, parameters, MACs and memory are deterministic (seeded, on CPU): the demo gives the "
             f"same on every run, and `tests/test_demo_drift.py` fails when the code no longer does. The speed "
             f"columns (img/s, latency) are timings from that run, two runs at once on one thread each: they "
-            f"vary from run to run and machine to machine.\n\n"
-            f"{results_md.strip()}\n"
-            f"{END}")
+            f"vary from run to run and machine to machine.{batch}")
+    return f"{BEGIN}\n{textwrap.fill(text, width=116, break_on_hyphens=False)}\n\n{results_md.strip()}\n{END}"
 
 
 def current_block(readme: str) -> str:
@@ -78,7 +79,9 @@ def current_block(readme: str) -> str:
 
 def expected_block() -> str:
     info = json.loads((SHIPPED / "machine.json").read_text())
-    return readme_block((SHIPPED / "results.md").read_text(), info)
+    records = [json.loads(line) for line in (SHIPPED / "results.jsonl").read_text().splitlines() if line.strip()]
+    batch = next((r["measure_batch"] for r in records if r.get("measure_batch")), None)
+    return readme_block((SHIPPED / "results.md").read_text(), info, batch)
 
 
 def run_demo() -> dict[str, Any]:

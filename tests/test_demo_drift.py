@@ -65,8 +65,10 @@ def test_shipped_tables_are_what_the_code_writes_from_the_shipped_records(tmp_pa
     from metablocks.sweep import Sweep
     from metablocks.sweep.results import write_tables
 
-    records = shipped_records()
-    columns = [axis.column for axis in Sweep.load(SPEC).spec.axes]
+    sweep = Sweep.load(SPEC)
+    latest = {r["run_id"]: r for r in shipped_records()}  # in the plan's order, as `sweep report` writes them
+    records = [latest[run.run_id] for run in sweep.plan() if run.run_id in latest]
+    columns = [axis.column for axis in sweep.spec.axes]
     csv_path, md_path = write_tables(tmp_path, records, columns)
     assert md_path.read_text() == (SHIPPED / "results.md").read_text(), REGENERATE
     assert csv_path.read_text() == (SHIPPED / "results.csv").read_text(), REGENERATE

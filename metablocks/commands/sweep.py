@@ -68,7 +68,8 @@ def register(subparsers: Any) -> None:
     run.add_argument("spec", help="sweep YAML file")
     _add_set(run)
     run.add_argument("--out", default=None, help="sweep directory (default: runs/<sweep name>)")
-    run.add_argument("--executor", choices=["local", "ray"], default="local")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local: this machine's processes; ray: tasks on a Ray cluster")
     run.add_argument("--workers", type=int, default=1, help="local: runs at once (>1: one process per run)")
     run.add_argument("--address", default=None, help="ray: cluster address (auto, host:6379, ray://host:10001); "
                      "default: RAY_ADDRESS or a new local Ray")
