@@ -135,7 +135,7 @@ def register(kind: str, name: str, *, config: type[Component] | None = None, lay
         if not getattr(module, "__module__", "").startswith(_BUILTIN_PREFIX):
             _load_builtins()  # a user's name that a shipped component has fails here, at the user's call
         taken = _REGISTRY[kind].get(name)
-        if taken is not None and not replace and taken.module is not module:
+        if taken is not None and not replace and taken.module is not module and not _same_definition(taken.module, module):
             owner = getattr(taken.module, "__module__", "")
             by = (f"shipped with metablocks ({owner}.{taken.module.__qualname__})" if owner.startswith(_BUILTIN_PREFIX)
                   else f"by {owner}.{getattr(taken.module, '__qualname__', taken.module)!s}")
@@ -154,6 +154,21 @@ def register(kind: str, name: str, *, config: type[Component] | None = None, lay
         return module
 
     return decorator
+
+
+def _defined_in(obj: Any) -> str | None:
+    """The source file of a class's (or function's) code, when it has any."""
+    functions = [obj] if hasattr(obj, "__code__") else [v for v in vars(obj).values() if hasattr(v, "__code__")] \
+        if isinstance(obj, type) else []
+    return functions[0].__code__.co_filename if functions else None
+
+
+def _same_definition(old: Any, new: Any) -> bool:
+    """The same class from the same file, run again (a plugin file that is also run as a script, runpy, a reload):
+    it replaces its earlier self instead of clashing with it."""
+    file = _defined_in(new)
+    return file is not None and file == _defined_in(old) and getattr(old, "__qualname__", None) == getattr(
+        new, "__qualname__", None)
 
 
 def _config_from_signature(module: Callable[..., Any], name: str) -> type[Component]:

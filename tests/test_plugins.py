@@ -240,3 +240,18 @@ def test_readme_example_sweep_runs_with_workers(tmp_path: Path, monkeypatch: pyt
     assert sorted((r["labels"]["mixer"], r["status"]) for r in records) == [
         ("global_context", "ok"), ("identity", "ok"), ("pooling", "ok")]
     assert next(r for r in records if r["labels"]["mixer"] == "global_context")["params"] == 249_116
+
+
+def test_the_same_file_run_again_replaces_its_components(tmp_path: Path) -> None:
+    """A plugin file that is also run as a script (or with runpy) registers the same classes again: no clash."""
+    import runpy
+
+    plugin, _ = make_plugin(tmp_path, "twice_roll")
+    registry.load_plugin(str(plugin))
+    first = registry.get("token_mixer", "twice_roll")
+    again = runpy.run_path(str(plugin))["WidthRoll"]
+    assert registry.get("token_mixer", "twice_roll").module is again is not first.module
+    other = tmp_path / "other_mixers.py"
+    other.write_text(PLUGIN.format(name="twice_roll"))  # the same name from another file still clashes
+    with pytest.raises(registry.PluginError, match="token_mixer 'twice_roll' is already registered, by "):
+        registry.load_plugin(str(other))
