@@ -1,6 +1,10 @@
 """A token mixer of your own, in your own file: register it and it is valid in YAML at once.
 
 Run: python examples/custom_mixer.py
+From the CLI, load this file with --plugin (or METABLOCKS_PLUGINS) and every command knows the mixer:
+    metablocks validate examples/custom_mixer.yaml --plugin examples/custom_mixer.py
+    metablocks info examples/custom_mixer.yaml --plugin examples/custom_mixer.py
+    METABLOCKS_PLUGINS=examples/custom_mixer.py metablocks sweep plan examples/custom_mixer_sweep.yaml
 """
 from __future__ import annotations
 
@@ -69,7 +73,8 @@ def main() -> dict[str, float]:
     try:
         metablocks.MetaFormerBlock(dim=64, token_mixer={"type": "global_context", "reducton": 8})
     except metablocks.RecipeError as err:
-        print(err)
+        print("a typo on purpose ('reducton' for 'reduction'), to show the error it gets:")
+        print("   ", str(err).replace("\n", "\n    "))
     return {"params_m": params}
 
 

@@ -4,14 +4,25 @@ A component is an ``nn.Module`` plus a pydantic config whose fields are the modu
 arguments. ``register`` files it under a kind and a name; recipes then refer to it by
 ``type: name`` and are validated against its config, whether it ships with metablocks, comes from
 a user's own module, or from an installed package's ``metablocks.components`` entry point.
+
+A file or module of the user's own is loaded in any process with ``load_plugin("my_mixers.py")`` (the CLI's
+``--plugin``) or through the ``METABLOCKS_PLUGINS`` environment variable (entries separated by ``os.pathsep``), which
+worker processes inherit.
 """
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import inspect
+import os
+import sys
+import traceback
 import types
 import typing
+import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, TypeVar
 
 from pydantic import (
@@ -138,7 +149,16 @@ def _takes(fn: Callable[..., Any], arg: str) -> bool:
 
 
 class RegistryError(ValueError):
-    pass
+    """A component cannot be registered as asked (unknown kind, a name already taken, a config that cannot be derived)."""
+
+
+class PluginError(RegistryError):
+    """A plugin (a user's file or module of components) cannot be found or fails while it is imported."""
+
+
+PLUGINS_ENV = "METABLOCKS_PLUGINS"
+PLUGIN_HINT = (f"a component of your own is known once its file is loaded: --plugin my_mixers.py (any metablocks "
+               f"command) or {PLUGINS_ENV}=my_mixers.py")
 
 
 _REGISTRY: dict[str, dict[str, type[Component]]] = {kind: {} for kind in KINDS}
@@ -165,9 +185,15 @@ def register(kind: str, name: str, *, config: type[Component] | None = None, lay
 
     def decorator(module: T) -> T:
         global _version
-        if name in _REGISTRY[kind] and not replace and _REGISTRY[kind][name].module is not module:
-            raise RegistryError(f"{kind} {name!r} is already registered (by {_REGISTRY[kind][name].module!r}); "
-                                f"pass replace=True to override it")
+        if not getattr(module, "__module__", "").startswith(_BUILTIN_PREFIX):
+            _load_builtins()  # a user's name that a shipped component has fails here, at the user's call
+        taken = _REGISTRY[kind].get(name)
+        if taken is not None and not replace and taken.module is not module and not _same_definition(taken.module, module):
+            owner = getattr(taken.module, "__module__", "")
+            by = (f"shipped with metablocks ({owner}.{taken.module.__qualname__})" if owner.startswith(_BUILTIN_PREFIX)
+                  else f"by {owner}.{getattr(taken.module, '__qualname__', taken.module)!s}")
+            raise RegistryError(f"{kind} {name!r} is already registered, {by}; give yours another name, or pass "
+                                f"replace=True to override it")
         base = config if config is not None else _config_from_signature(module, name)
         cls = create_model(base.__name__, __base__=base, __module__=base.__module__,
                            type=(Literal[name], name))  # type: ignore[call-overload]
@@ -181,6 +207,21 @@ def register(kind: str, name: str, *, config: type[Component] | None = None, lay
         return module
 
     return decorator
+
+
+def _defined_in(obj: Any) -> str | None:
+    """The source file of a class's (or function's) code, when it has any."""
+    functions = [obj] if hasattr(obj, "__code__") else [v for v in vars(obj).values() if hasattr(v, "__code__")] \
+        if isinstance(obj, type) else []
+    return functions[0].__code__.co_filename if functions else None
+
+
+def _same_definition(old: Any, new: Any) -> bool:
+    """The same class from the same file, run again (a plugin file that is also run as a script, runpy, a reload):
+    it replaces its earlier self instead of clashing with it."""
+    file = _defined_in(new)
+    return file is not None and file == _defined_in(old) and getattr(old, "__qualname__", None) == getattr(
+        new, "__qualname__", None)
 
 
 def _config_from_signature(module: Callable[..., Any], name: str) -> type[Component]:
@@ -211,32 +252,113 @@ def configs(kind: str) -> list[type[Component]]:
     return [_REGISTRY[kind][n] for n in sorted(_REGISTRY[kind])]
 
 
+_BUILTIN_PREFIX = "metablocks."
 _builtins_loaded = False
 _entry_points_loaded: set[str] = set()
+_env_seen: str | None = None
+_plugins_loaded: dict[str, str] = {}  # the plugin as given -> the file or module it loaded
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    import pkgutil
+
+    _builtins_loaded = True
+    from metablocks import components
+
+    for info in pkgutil.walk_packages(components.__path__, components.__name__ + "."):
+        importlib.import_module(info.name)
 
 
 def load_plugins(refresh: bool = False) -> None:
-    """Import the built-in components once, and every ``metablocks.components`` entry point not loaded yet.
+    """Import the built-in components once, every ``metablocks.components`` entry point and every plugin named in
+    ``METABLOCKS_PLUGINS`` not loaded yet.
 
     ``refresh=True`` looks for entry points again (after installing a plugin in a running process).
     """
-    global _builtins_loaded
-    if _builtins_loaded and not refresh:
+    global _env_seen
+    env = os.environ.get(PLUGINS_ENV, "")
+    if _builtins_loaded and not refresh and env == _env_seen:
         return
-    import importlib
-    import pkgutil
-    from importlib.metadata import entry_points
+    if not _builtins_loaded or refresh:
+        from importlib.metadata import entry_points
 
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        from metablocks import components
+        _load_builtins()
+        for ep in entry_points(group="metablocks.components"):
+            if ep.value not in _entry_points_loaded:
+                _entry_points_loaded.add(ep.value)
+                ep.load()
+    _env_seen = env
+    for plugin in plugin_list(env):
+        load_plugin(plugin)
 
-        for info in pkgutil.walk_packages(components.__path__, components.__name__ + "."):
-            importlib.import_module(info.name)
-    for ep in entry_points(group="metablocks.components"):
-        if ep.value not in _entry_points_loaded:
-            _entry_points_loaded.add(ep.value)
-            ep.load()
+
+def plugin_list(text: str) -> list[str]:
+    """The plugins named in a ``METABLOCKS_PLUGINS`` value (separated by ``os.pathsep``, blanks ignored)."""
+    return [part.strip() for part in text.split(os.pathsep) if part.strip()]
+
+
+def load_plugin(plugin: str | Path) -> str:
+    """Import a user's components: a Python file (``my_mixers.py``, ``path/to/mixers.py``) or an importable module
+    (``my_pkg.mixers``; the working directory is searched too). Each is loaded once per process; returns what was
+    loaded. Raises PluginError naming the plugin when it is not found or fails while it is imported."""
+    given = str(plugin)
+    if given in _plugins_loaded:
+        return _plugins_loaded[given]
+    _load_builtins()
+    path = Path(given).expanduser()
+    looks_like_file = given.endswith(".py") or os.sep in given or path.is_file()
+    if looks_like_file:
+        if not path.is_file():
+            raise PluginError(f"plugin file {given!r} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+        path = path.resolve()
+        loaded = str(path)
+        if loaded not in _plugins_loaded.values():
+            module_name = f"metablocks_plugin_{path.stem}_{zlib.crc32(loaded.encode()):08x}"  # same in every process
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as err:
+                del sys.modules[module_name]
+                raise PluginError(_failure(given, err, str(path))) from err
+    else:
+        loaded = given
+        cwd = os.getcwd()
+        added = cwd not in sys.path
+        if added:
+            sys.path.append(cwd)
+        try:
+            importlib.import_module(given)
+        except ModuleNotFoundError as err:
+            if err.name and given.startswith(err.name):
+                raise PluginError(f"plugin {given!r} is neither a file nor an importable module (no module named "
+                                  f"{err.name!r}; a file needs its .py)") from None
+            raise PluginError(_failure(given, err, None)) from err
+        except Exception as err:
+            raise PluginError(_failure(given, err, None)) from err
+        finally:
+            if added:
+                sys.path.remove(cwd)
+    _plugins_loaded[given] = loaded
+    return loaded
+
+
+def _failure(given: str, err: BaseException, file: str | None) -> str:
+    """``plugin 'x.py' failed while it was imported: NameError: ... (at x.py:12: <code>)``: the innermost place in
+    the plugin's own code (else the innermost place at all)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    mine = [f for f in frames if file is None or f.filename == file] or frames
+    where = ""
+    if mine:
+        frame = mine[-1]
+        where = f" (at {frame.filename}:{frame.lineno}" + (f": {frame.line.strip()}" if frame.line else "") + ")"
+    message = str(err).strip()
+    return f"plugin {given!r} failed while it was imported: {type(err).__name__}" + (f": {message}" if message else "") + where
 
 
 class Ref:
@@ -269,9 +391,11 @@ class Ref:
         name = value["type"]
         load_plugins()
         if not isinstance(name, str) or name not in _REGISTRY[self.kind]:
-            raise PydanticCustomError("unknown_component", "unknown {kind} {given}{hint}; allowed: {allowed}",
-                                      {"kind": self.kind, "given": repr(name), "hint": did_you_mean(str(name), names(self.kind)),
-                                       "allowed": ", ".join(names(self.kind))})
+            hint = did_you_mean(str(name), names(self.kind))
+            raise PydanticCustomError("unknown_component", "unknown {kind} {given}{hint}; allowed: {allowed}{plugins}",
+                                      {"kind": self.kind, "given": repr(name), "hint": hint,
+                                       "allowed": ", ".join(names(self.kind)),
+                                       "plugins": "" if hint else f" ({PLUGIN_HINT})"})
         try:
             return _REGISTRY[self.kind][name].model_validate(value)
         except ValidationError as err:

@@ -70,11 +70,11 @@ def test_info_table(capsys: pytest.CaptureFixture) -> None:
     code, out = run(capsys, "info", "poolformer_s12")
     assert code == 0
     lines = out.splitlines()
-    assert lines[1].split() == ["stage", "depth", "dim", "token", "mixer", "output", "params", "MACs"]
+    assert lines[1].split() == ["stage", "depth", "dim", "token", "mixer", "channel", "mixer", "output", "params", "MACs"]
     assert next(line for line in lines if line.startswith("stem")).split() == [
-        "stem", "-", "64", "(conv", "stem)", "64x56x56", "9.5K", "29.5M"]  # 64*3*49 + 64 params, 56*56*64*3*49 MACs
-    assert next(line for line in lines if line.startswith("stages.2")).split()[:5] == [
-        "stages.2", "6", "320", "pooling", "320x14x14"]
+        "stem", "-", "64", "(conv", "stem)", "-", "64x56x56", "9.5K", "29.5M"]  # 64*3*49 + 64 params, 56*56*64*3*49 MACs
+    assert next(line for line in lines if line.startswith("stages.2")).split()[:6] == [
+        "stages.2", "6", "320", "pooling", "mlp", "320x14x14"]
     assert "total: 11.9M params (11,915,176), 1.8G MACs (1,822,555,648) at 3x224x224" in out
     assert "paper: 12M params, 1.8G MACs, 77.2% top-1 at 224x224" in out
     assert "avg_pool2d x12" in out  # named as not counted
@@ -86,7 +86,8 @@ def test_info_input_and_set(capsys: pytest.CaptureFixture) -> None:
     stem = next(line for line in out.splitlines() if line.startswith("stem"))
     assert "64x16x16" in stem
     stage = next(line for line in out.splitlines() if line.startswith("stages.2")).split()
-    assert stage[:5] == ["stages.2", "9", "320", "attention(head_dim=32)", "320x4x4"]
+    assert stage[:6] == ["stages.2", "9", "320", "attention(head_dim=32)", "mlp(act=star_relu, bias=False)", "320x4x4"] or \
+        stage[:7] == ["stages.2", "9", "320", "attention(head_dim=32)", "mlp(act=star_relu,", "bias=False)", "320x4x4"]
     assert next(line for line in out.splitlines() if line.startswith("stages.0")).split()[1] == "1"
 
 
@@ -200,3 +201,213 @@ def test_console_script() -> None:
                           text=True, timeout=300)
     assert done.returncode == 2
     assert "no recipe file or shipped recipe named 'no_such_recipe'" in done.stdout
+
+
+# -- one CLI style (issue 10, point 7) ---------------------------------------------------------------------------
+
+
+def test_help_shows_each_default_once_and_every_command_takes_plugin() -> None:
+    from metablocks.cli import HelpFormatter, _all_parsers, parser
+
+    parsers = _all_parsers(parser())
+    helps = {p.prog: p.format_help() for p in parsers}
+    assert {"metablocks", "metablocks train", "metablocks sweep run", "metablocks info", "metablocks zoo"} <= set(helps)
+    for p in parsers:
+        assert p.formatter_class is HelpFormatter and "--plugin FILE|MODULE" in helps[p.prog], p.prog
+        formatter = p._get_formatter()
+        for action in p._actions:
+            if action.help and action.help != "==SUPPRESS==":
+                assert formatter._expand_help(action).count("default") <= 1, (p.prog, action.option_strings)
+    train = " ".join(helps["metablocks train"].split())
+    assert "--epochs INT (default 10)" in train and "--set PATH=VALUE" in train and "--override" not in train
+    assert "--crop-padding CROP_PADDING random translation in pixels (0: none) (default: 2)" in train
+    assert "(default: None)" not in " ".join(helps.values())
+
+
+def test_version(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"metablocks {metablocks.__version__}\n"
+
+
+def test_set_is_the_override_flag_of_every_recipe_command(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from metablocks.cli import parser
+
+    root = parser()
+    for argv in (["train", "r"], ["info", "r"], ["validate", "r"], ["export", "r"], ["sweep", "plan", "s"],
+                 ["sweep", "run", "s"]):
+        assert root.parse_args([*argv, "--set", "a=1", "--set", "b=2"]).overrides == ["a=1", "b=2"], argv
+    assert root.parse_args(["train", "r", "--override", "a=1"]).overrides == ["a=1"]  # the old name still works
+    code, out = run(capsys, "validate", "poolformer_s12", "--set", "stages[3].token_mixer.type=attention")
+    recipe = metablocks.load_recipe("poolformer_s12", ["stages[3].token_mixer.type=attention"])
+    assert code == 0 and out.strip() == f"ok poolformer_s12 ({recipe.model_id})"
+
+
+def test_json_outputs(capsys: pytest.CaptureFixture) -> None:
+    code, out = run(capsys, "info", "poolformer_s12", "--json")
+    info = json.loads(out)
+    assert code == 0 and info["params"] == 11_915_176 and info["macs"] == 1_822_555_648 and info["input"] == [3, 224, 224]
+    assert [s["stage"] for s in info["stages"]] == ["stem", "stages.0", "stages.1", "stages.2", "stages.3", "head"]
+    assert info["stages"][3] == {"stage": "stages.2", "depth": 6, "dim": 320, "token_mixer": "pooling",
+                                 "channel_mixer": "mlp", "output": [320, 14, 14], "params": info["stages"][3]["params"],
+                                 "macs": info["stages"][3]["macs"]}
+    assert info["paper"]["params_m"] == 12 and info["architecture_changed"] is False
+    code, out = run(capsys, "list", "--json")
+    listed = json.loads(out)
+    assert len(listed["recipes"]) == len(metablocks.list_recipes())
+    s12 = next(r for r in listed["recipes"] if r["name"] == "poolformer_s12")
+    assert s12["timm_name"] == "poolformer_s12" and s12["paper"]["top1"] == 77.2
+    pooling = next(c for c in listed["components"]["token_mixer"] if c["name"] == "pooling")
+    assert pooling["fields"]["pool_size"] == {"type": "int", "default": 3}
+    code, out = run(capsys, "zoo", "--json", "--filter", "poolformer_s12", "--no-timm")
+    rows = json.loads(out)
+    assert code == 0 and [r["name"] for r in rows] == ["poolformer_s12"]
+    assert rows[0]["params"] == 11_915_176 and rows[0]["ok"] is True and rows[0]["timm"] == "not checked"
+
+
+SWEEP_SPEC = """\
+name: cli_sweep
+base: poolformer_s12
+axes:
+  - {path: "stages[3].token_mixer", values: [pooling, identity], name: mixer}
+data: {source: synthetic, img_size: 32, num_classes: 4, train_size: 16, val_size: 8}
+train: {epochs: 1, batch_size: 8, threads: 1}
+"""
+
+
+def test_sweep_plan_json_and_set(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(SWEEP_SPEC)
+    code, out = run(capsys, "sweep", "plan", str(spec), "--json", "--set", "seeds=[3, 4]", "--set", "train.epochs=2",
+                    "--set", "stages[0].dim=48")
+    runs = json.loads(out)
+    assert code == 0 and [(r["labels"]["mixer"], r["seed"]) for r in runs] == [
+        ("pooling", 3), ("pooling", 4), ("identity", 3), ("identity", 4)]
+    assert runs[0]["train"]["epochs"] == 2 and runs[0]["recipe"]["stages"][0]["dim"] == 48
+    code, out = run(capsys, "sweep", "plan", str(spec), "--set", "train.epochz=2")
+    assert code == 2 and "--set: train.epochz: unknown field 'epochz' (did you mean 'epochs'?)" in out
+
+
+def test_sweep_help_documents_the_spec(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    text = capsys.readouterr().out
+    for key in ("base: my_recipe.yaml", "overrides:", "axes:", "mode: grid", "samples:", "seeds:", "labels:",
+                "docs/sweep-spec.md", "train.", "zip", "random"):
+        assert key in text, key
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "sweep-spec.md").read_text()
+    for key in ("## Axes", "## Modes", "samples", "## Overrides", "base: ", "--set", "metablocks validate"):
+        assert key in doc, key
+
+
+def test_validate_recognises_a_sweep_spec(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(SWEEP_SPEC)
+    code, out = run(capsys, "validate", str(spec))
+    assert code == 0 and out.strip() == f"ok {spec} (sweep cli_sweep: 2 runs = 2 configurations x 1 seed(s))"
+    spec.write_text(SWEEP_SPEC.replace("identity]", "identty]").replace("epochs: 1", "epochs: 1, lrr: 1"))
+    code, out = run(capsys, "validate", str(spec), "poolformer_s12")
+    assert code == 2 and out.startswith(f"FAIL {spec}\ninvalid sweep")
+    assert f"{spec}:6: train.lrr: unknown field 'lrr' (did you mean 'lr'?)" in out
+    assert out.strip().endswith("1 of 2 files valid")
+
+
+def test_user_mistakes_end_in_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from metablocks.sweep import ResultStore
+
+    code, out = run(capsys, "sweep", "report", str(tmp_path / "missing"))
+    assert (code, out) == (2, f"error: {tmp_path / 'missing'} is not a sweep directory (no plan.json)\n")
+    code, out = run(capsys, "sweep", "plan", str(tmp_path / "missing.yaml"))
+    assert code == 2 and out == f"error: invalid sweep:\n  {tmp_path / 'missing.yaml'}: no such sweep spec file\n"
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(SWEEP_SPEC)
+    held = ResultStore(tmp_path / "locked").lock()
+    try:
+        code, out = run(capsys, "sweep", "run", str(spec), "--out", str(tmp_path / "locked"))
+    finally:
+        held.unlock()
+    assert (code, out) == (2, f"error: another process is running the sweep in {(tmp_path / 'locked').resolve()}\n")
+    code, out = run(capsys, "sweep", "run", str(spec), "--workers", "0")
+    assert (code, out) == (2, "error: --workers must be at least 1, given 0\n")
+    code, out = run(capsys, "train", "poolformer_s12", "--data", "imagefolder")
+    assert (code, out) == (2, "error: --data imagefolder reads a local directory: give it with --data-path DIR\n")
+    code, out = run(capsys, "train", "poolformer_s12", "--threads", "0")
+    assert code == 2 and out.startswith("error: invalid TrainConfig: threads: Input should be greater than or equal to 1")
+    code, out = run(capsys, "info", str(tmp_path / "nope.yaml"))
+    assert code == 2 and out.startswith("error: invalid recipe:\n") and "cannot read recipe: No such file" in out
+    with pytest.raises(SystemExit) as exit_:  # argparse's own: usage and one line, status 2
+        main(["sweep", "run", str(spec), "--workers", "two"])
+    assert exit_.value.code == 2 and "argument --workers: invalid int value: 'two'" in capsys.readouterr().err
+
+
+def test_closed_pipe_is_quiet() -> None:
+    """`metablocks list | head -1`: the reader leaves early; no traceback, no 'Exception ignored', status 141."""
+    proc = subprocess.Popen([sys.executable, "-m", "metablocks.cli", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout.readline().startswith(b"recipes (")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == b""
+
+
+# -- small things (issue 10, point 9) ----------------------------------------------------------------------------
+
+
+def test_info_shows_the_papers_numbers_only_for_the_shipped_architecture(capsys: pytest.CaptureFixture) -> None:
+    code, out = run(capsys, "info", "poolformer_s12", "--set", "stages[3].token_mixer.type=attention")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("poolformer_s12 (changed by --set)  (model_id ")
+    assert "total: 14.0M params (14,012,328)" in out
+    assert ("paper: not shown: --set changed the architecture, and the paper's numbers are for poolformer_s12 as "
+            "shipped (see 'metablocks info poolformer_s12')") in lines
+    assert not any(line.startswith("paper: 12M") for line in lines)
+    # an override that leaves the architecture as it is, and another input size, keep the paper's line
+    code, out = run(capsys, "info", "poolformer_s12", "--set", "stages[0].depth=2", "--input", "160")
+    assert code == 0 and "paper: 12M params, 1.8G MACs, 77.2% top-1 at 224x224" in out and "changed" not in out
+    code, out = run(capsys, "info", "poolformer_s12", "--set", "num_classes=10", "--json")
+    assert json.loads(out)["paper"] is None and json.loads(out)["architecture_changed"] is True
+
+
+def test_one_seed_has_no_spread_in_the_table() -> None:
+    from metablocks.sweep.results import aggregate, markdown_table
+
+    base = {"config": "mixer=a", "labels": {"mixer": "a"}, "status": "ok", "params": 1000, "macs": 2_000_000}
+    one = markdown_table(aggregate([{**base, "seed": 0, "top1": 80.0}]), ["mixer"]).splitlines()[2]
+    assert one.startswith("| a | 1.0 | 2.00 | 80.00 | 1/1 |")
+    two = markdown_table(aggregate([{**base, "seed": 0, "top1": 80.0}, {**base, "seed": 1, "top1": 90.0}]),
+                         ["mixer"]).splitlines()[2]
+    assert two.startswith("| a | 1.0 | 2.00 | 85.00 ± 7.07 | 2/2 |")
+
+
+def test_learning_curve_ticks_are_whole_epochs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from matplotlib.figure import Figure
+
+    from metablocks.sweep.plots import plot_curves
+
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: figures.append(self))
+    rows = [{"config": "mixer=a", "mixer": "a", "ok": 1, "curve_top1": [50.0, 60.0], "curve_train_loss": [2.0, 1.5]}]
+    plot_curves(rows, "mixer", tmp_path, "t")
+    for ax in figures[0].axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [1.0, 2.0], ticks
+
+
+def test_progress_inside_a_long_epoch() -> None:
+    import io
+
+    from metablocks.train.progress import RunProgress
+
+    stream = io.StringIO()
+    progress = RunProgress("run", total_steps=10, done_steps=0, bars=False, stream=stream)
+    progress.line_every_s = 0.0  # a line at every step (30 s apart by default)
+    progress.step(1.25)
+    progress.step(1.0)
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["run: step 1/10", "run: step 2/10"]
+    assert "loss 1.2500" in lines[0] and "eta " in lines[0]
+    quiet = io.StringIO()
+    silent = RunProgress("run", total_steps=10, done_steps=0, bars=False, stream=quiet, enabled=False)
+    silent.line_every_s = 0.0
+    silent.step(1.0)
+    assert quiet.getvalue() == ""

@@ -153,7 +153,7 @@ def test_cli_train_writes_result_and_weights(tmp_path, capsys) -> None:
     recipe.write_text(json.dumps(TINY))
     out = tmp_path / "out"
     code = main(["train", str(recipe), "--data", "synthetic", "--img-size", "16", "--epochs", "1", "--batch-size",
-                 "16", "--threads", "1", "--out", str(out), "-o", "stages[1].token_mixer=identity", "--no-progress"])
+                 "16", "--threads", "1", "--out", str(out), "--set", "stages[1].token_mixer=identity", "--no-progress"])
     assert code == 0
     result = json.loads((out / "result.json").read_text())
     assert result["epochs"] == 1 and len(result["curves"]) == 1 and result["num_classes"] == 10

@@ -14,6 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("recipe", metavar="FILE|NAME", help="a recipe file or a shipped recipe name")
     parser.add_argument("-o", "--output", type=Path, default=None, help="the .onnx file (default: NAME.onnx)")
     parser.add_argument("--img-size", type=int, default=None, help="input size (default: the recipe's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                        help="dotted recipe override, e.g. --set num_classes=10 (repeatable)")
     parser.add_argument("--weights", type=Path, default=None,
                         help="a state_dict to load first (.safetensors or a torch checkpoint)")
     parser.add_argument("--deploy", action="store_true", help="fold BatchNorms, branches and layer scales first")
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from metablocks.interop.onnx import export_onnx
 
     fields = {"img_size": args.img_size} if args.img_size else {}
-    model = metablocks.build_model(args.recipe, **fields).eval()
+    model = metablocks.build_model(args.recipe, overrides=args.overrides or None, **fields).eval()
     if args.weights:
         _load_weights(model, args.weights)
     if args.deploy:

@@ -1,7 +1,9 @@
-"""``metablocks info RECIPE``: per-stage table of depth, width, token mixers, output shape, parameters and MACs."""
+"""``metablocks info RECIPE``: per-stage table of depth, width, token and channel mixers, output shape, parameters and
+MACs."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from typing import Any
 
@@ -11,9 +13,11 @@ from metablocks.registry import Component
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("info", help="parameters and MACs per stage of a recipe",
-                                   description="Build a recipe and print, per stage, its depth, width, token mixer(s), "
-                                               "output shape, parameters and MACs (fvcore with attention/einsum "
-                                               "handles; see metablocks.analysis), then the totals and the paper's numbers.")
+                                   description="Build a recipe and print, per stage, its depth, width, token and "
+                                               "channel mixer(s), output shape, parameters and MACs (fvcore with "
+                                               "attention/einsum handles; see metablocks.analysis), then the totals and "
+                                               "the paper's numbers (only while --set leaves the architecture as "
+                                               "shipped).")
     parser.add_argument("recipe", metavar="FILE|NAME", help="a recipe file or a shipped recipe name")
     parser.add_argument("--input", metavar="CxHxW", type=parse_input, default=None,
                         help="input size, e.g. 3x224x224 or 384x384 or 384 (default: the recipe's in_chans x img_size)")
@@ -21,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="print the canonical resolved recipe (YAML) with its content hash, and exit")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                         help="dotted override, e.g. --set stages[2].token_mixer.type=attention (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
     parser.set_defaults(func=run)
 
 
@@ -72,45 +77,73 @@ def run(args: argparse.Namespace) -> int:
     from metablocks.analysis import count_macs, human, params_by_stage
     from metablocks.model import MetaModel
 
-    overrides = list(args.overrides)
+    input_overrides = []
     if args.input is not None:
         chans, height, width = args.input
-        overrides.append(f"img_size=[{height}, {width}]")
+        input_overrides.append(f"img_size=[{height}, {width}]")
         if chans is not None:
-            overrides.append(f"in_chans={chans}")
-    recipe = load_recipe(args.recipe, overrides or None)
+            input_overrides.append(f"in_chans={chans}")
+    recipe = load_recipe(args.recipe, [*args.overrides, *input_overrides] or None)
     if args.resolved:
         print(f"# {recipe.name}: model_id {recipe.model_id} (content hash of the resolved architecture)")
         print(recipe.to_yaml(), end="")
         return 0
+    # the paper's numbers hold for the architecture as shipped (at any input size), not for one --set changed
+    changed = bool(args.overrides) and load_recipe(args.recipe, input_overrides or None).model_id != recipe.model_id
 
     model = MetaModel(recipe)
     input_size = (recipe.in_chans, *recipe.img_size)
     macs = count_macs(model, input_size)
     params = params_by_stage(model)
-    rows = [["stage", "depth", "dim", "token mixer", "output", "params", "MACs"]]
     resolution = recipe.stem.out_resolution(recipe.img_size)
-    rows.append(["stem", "-", str(recipe.stages[0].dim), f"({recipe.stem.name} stem)",
-                 _shape(recipe.stages[0].dim, *resolution), human(params["stem"]), human(macs.by_stage["stem"])])
+    stages = [{"stage": "stem", "depth": None, "dim": recipe.stages[0].dim, "token_mixer": f"({recipe.stem.name} stem)",
+               "channel_mixer": "", "output": [recipe.stages[0].dim, *resolution], "params": params["stem"],
+               "macs": macs.by_stage["stem"]}]
     for i, (stage, module) in enumerate(zip(recipe.stages, model.stages)):
         name = f"stages.{i}"
-        rows.append([name, str(stage.depth), str(stage.dim), _mixers(stage.token_mixer), _shape(stage.dim, *module.resolution),
-                     human(params[name]), human(macs.by_stage[name])])
-    rows.append(["head", "-", str(model.num_features), f"({recipe.head.name} head)", str(recipe.num_classes),
-                 human(params["head"]), human(macs.by_stage["head"])])
+        stages.append({"stage": name, "depth": stage.depth, "dim": stage.dim, "token_mixer": _mixers(stage.token_mixer),
+                       "channel_mixer": _mixers(stage.channel_mixer), "output": [stage.dim, *module.resolution],
+                       "params": params[name], "macs": macs.by_stage[name]})
+    stages.append({"stage": "head", "depth": None, "dim": model.num_features, "token_mixer": f"({recipe.head.name} head)",
+                   "channel_mixer": "", "output": [recipe.num_classes], "params": params["head"],
+                   "macs": macs.by_stage["head"]})
     total_params = sum(params.values())
-    rows.append(["total", str(sum(s.depth for s in recipe.stages)), "", "", "", human(total_params), human(macs.total)])
-    print(f"{recipe.name}  (model_id {recipe.model_id}, input {_shape(*input_size)})")
-    print(table(rows, right={1, 2, 5, 6}))
+    skipped = {op.removeprefix("aten::"): n for op, n in macs.skipped_ops.items()}
+    if args.json:
+        print(json.dumps({"name": recipe.name, "model_id": recipe.model_id, "input": list(input_size),
+                          "overrides": list(args.overrides), "architecture_changed": changed, "stages": stages,
+                          "params": total_params, "macs": macs.total, "depth": sum(s.depth for s in recipe.stages),
+                          "paper": None if changed else _paper_numbers(recipe), "not_counted": skipped}, indent=1))
+        return 0
+
+    rows = [["stage", "depth", "dim", "token mixer", "channel mixer", "output", "params", "MACs"]]
+    for row in stages:
+        rows.append([row["stage"], "-" if row["depth"] is None else str(row["depth"]), str(row["dim"]),
+                     row["token_mixer"], row["channel_mixer"] or "-", _shape(*row["output"]), human(row["params"]),
+                     human(row["macs"])])
+    rows.append(["total", str(sum(s.depth for s in recipe.stages)), "", "", "", "", human(total_params), human(macs.total)])
+    title = f"{recipe.name}" + (" (changed by --set)" if changed else "")
+    print(f"{title}  (model_id {recipe.model_id}, input {_shape(*input_size)})")
+    print(table(rows, right={1, 2, 6, 7}))
     print(f"total: {human(total_params)} params ({total_params:,}), {human(macs.total)} MACs ({macs.total:,}) "
           f"at {_shape(*input_size)}")
     paper = _paper_line(recipe)
-    if paper:
+    if paper and changed:
+        print(f"paper: not shown: --set changed the architecture, and the paper's numbers are for {recipe.name} as "
+              f"shipped (see 'metablocks info {args.recipe}')")
+    elif paper:
         print(paper)
-    if macs.skipped_ops:
-        skipped = ", ".join(f"{op.removeprefix('aten::')} x{n}" for op, n in macs.skipped_ops.items())
-        print(f"not counted (elementwise, pooling, reductions): {skipped}")
+    if skipped:
+        print("not counted (elementwise, pooling, reductions): " + ", ".join(f"{op} x{n}" for op, n in skipped.items()))
     return 0
+
+
+def _paper_numbers(recipe: Recipe) -> dict[str, Any] | None:
+    paper = recipe.paper
+    numbers = {"params_m": paper.params_m, "macs_g": paper.macs_g, "top1": paper.top1}
+    if all(v is None for v in numbers.values()):
+        return None
+    return {**numbers, "resolution": paper.resolution, "title": paper.title}
 
 
 def _paper_line(recipe: Recipe) -> str | None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import types
 import typing
 from pathlib import Path
@@ -21,11 +22,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "fields (name: type = default) and a one-line description.")
     parser.add_argument("what", nargs="?", choices=("all", "recipes", "components"), default="all")
     parser.add_argument("--kind", choices=registry.KINDS, help="only components of this kind")
+    parser.add_argument("--json", action="store_true", help="print the lists as JSON")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     what = "components" if args.kind and args.what == "all" else args.what
+    if args.json:
+        out: dict[str, Any] = {}
+        if what in ("all", "recipes"):
+            out["recipes"] = recipes_data()
+        if what in ("all", "components"):
+            out["components"] = components_data([args.kind] if args.kind else list(registry.KINDS))
+        print(json.dumps(out, indent=1))
+        return 0
     if what in ("all", "recipes"):
         print(recipes_text())
     if what == "all":
@@ -33,6 +43,49 @@ def run(args: argparse.Namespace) -> int:
     if what in ("all", "components"):
         print(components_text([args.kind] if args.kind else list(registry.KINDS)))
     return 0
+
+
+def recipes_data() -> list[dict[str, Any]]:
+    """One entry per shipped recipe: name, file, the paper's numbers and the timm model it matches."""
+    from metablocks.recipe.loader import recipes_dir, shipped_recipes
+
+    root = recipes_dir()
+    entries = []
+    for name, path in sorted(shipped_recipes().items()):
+        data = provenance(path)
+        paper = data.get("paper") or {}
+        entries.append({"name": name, "file": str(path.relative_to(root)) if path.is_relative_to(root) else str(path),
+                        "paper": {k: paper.get(k) for k in ("params_m", "macs_g", "top1", "title")},
+                        "timm_name": data.get("timm_name")})
+    return entries
+
+
+def components_data(kinds: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """kind -> its registered components: name, description, the Python module, and each field's type and default."""
+    out = {}
+    for kind in kinds:
+        out[kind] = [{"name": cfg.name, "description": doc_line(cfg),
+                      "module": f"{getattr(cfg.module, '__module__', '?')}.{getattr(cfg.module, '__qualname__', '?')}",
+                      "fields": {name: {"type": field_type(field), "default": _json_default(field)}
+                                 for name, field in cfg.model_fields.items() if name != "type"}}
+                     for cfg in registry.configs(kind)]
+    return out
+
+
+def _json_default(field: FieldInfo) -> Any:
+    if field.default_factory is not None:
+        value = field.default_factory()  # type: ignore[call-arg]
+    elif field.default is PydanticUndefined:
+        return None
+    else:
+        value = field.default
+    if isinstance(value, Component):
+        return value.dump()
+    try:
+        json.dumps(value)
+    except TypeError:
+        return repr(value)
+    return value
 
 
 def recipes_text() -> str:

@@ -78,17 +78,17 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("train", help="train one model on a dataset", description=__doc__,
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = subparsers.add_parser("train", help="train one model on a dataset", description=__doc__)
     p.add_argument("recipe", help="recipe file or shipped recipe name")
-    p.add_argument("-o", "--override", action="append", default=[], metavar="PATH=VALUE",
-                   help="dotted recipe override, e.g. stages[2:].token_mixer=attention (repeatable)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                   help="dotted recipe override, e.g. --set stages[2:].token_mixer=attention (repeatable)")
+    p.add_argument("--override", dest="overrides", action="append", help=argparse.SUPPRESS)  # the old name of --set
     data = p.add_argument_group("data (DataConfig)")
     data.add_argument("--data", default="digits", help="digits, synthetic, imagefolder, cifar10, cifar100")
     data.add_argument("--data-path", default=None, help="local directory for imagefolder / cifar10 / cifar100")
-    data.add_argument("--img-size", type=int, default=32)
-    data.add_argument("--limit-train", type=int, default=None)
-    data.add_argument("--limit-val", type=int, default=None)
+    data.add_argument("--img-size", type=int, default=32, help="input size the images are resized to")
+    data.add_argument("--limit-train", type=int, default=None, help="use only the first N training images")
+    data.add_argument("--limit-val", type=int, default=None, help="use only the first N validation images")
     data.add_argument("--crop-padding", type=int, default=2, help="random translation in pixels (0: none)")
     data.add_argument("--hflip", action="store_true", help="random horizontal flips")
     data.add_argument("--loader", choices=["auto", "memory", "stream"], default="auto",
@@ -105,6 +105,21 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+LOCAL_SOURCES = ("imagefolder", "cifar10", "cifar100")  # data sources read from a directory the user names
+
+
+def _usage_problem(data: Any, config: TrainConfig) -> str | None:
+    """A mistake in the flags found before anything loads, as a sentence (None when there is none)."""
+    if data.source in LOCAL_SOURCES and data.path is None:
+        return f"--data {data.source} reads a local directory: give it with --data-path DIR"
+    if config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"--device {config.device}: CUDA is not available here (torch {torch.__version__}); use --device cpu"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from metablocks.data import AugmentConfig, DataConfig
     from metablocks.train.checkpoint import atomic_write
@@ -116,10 +131,14 @@ def run(args: argparse.Namespace) -> int:
                       limit_val=args.limit_val, augment=AugmentConfig(crop_padding=args.crop_padding, hflip=args.hflip),
                       loader=args.loader, workers=args.workers)
     config = train_config(args)
+    problem = _usage_problem(data, config)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     world = init_world(config.device)
     progress = Progress(enabled=not args.no_progress and world.main)
     try:
-        result = train(args.recipe, data=data, config=config, out_dir=args.out, overrides=args.override or None,
+        result = train(args.recipe, data=data, config=config, out_dir=args.out, overrides=args.overrides or None,
                        measure=MeasureConfig() if args.measure else None, make_progress=progress.run,
                        name=Path(args.recipe).stem, pretrained=args.pretrained)
     except TrainingFailed as err:

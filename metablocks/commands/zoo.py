@@ -39,6 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--markdown", action="store_true", help="print a GitHub-flavoured markdown table")
     parser.add_argument("--no-timm", action="store_true", help="do not build timm models to compare parameter counts")
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even when rows are out of tolerance")
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.set_defaults(func=run)
 
 
@@ -217,8 +218,14 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         with contextlib.redirect_stderr(io.StringIO()):  # timm/fvcore chatter
             rows.append(measure(name, with_timm=not args.no_timm))
-    print(render(rows, args.markdown))
     bad = [r for r in rows if not r.ok]
+    if args.json:
+        import dataclasses
+        import json
+
+        print(json.dumps([{**dataclasses.asdict(r), "ok": r.ok} for r in rows], indent=1))
+        return 1 if bad and not args.no_fail else 0
+    print(render(rows, args.markdown))
     print(f"\n{len(rows)} recipes, {len(bad)} out of tolerance (params: the paper's rounding; MACs: "
           f"{MACS_TOLERANCE:.0%}; timm: equal parameter count)" + (": " + ", ".join(r.name for r in bad) if bad else ""))
     return 1 if bad and not args.no_fail else 0

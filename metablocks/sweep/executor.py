@@ -124,8 +124,8 @@ class LocalExecutor:
                     out = sweep_dir / "runs" / run.run_id / f".record.{os.getpid()}.json"
                     out.parent.mkdir(parents=True, exist_ok=True)
                     out.unlink(missing_ok=True)
-                    process = context.Process(target=_child, args=(run.to_dict(), str(sweep_dir), threads, str(out)),
-                                              daemon=True)
+                    process = context.Process(target=_child, args=(run.to_dict(), str(sweep_dir), threads, str(out),
+                                                                   getattr(progress, "enabled", True)), daemon=True)
                     process.start()
                     active[process] = (run, out)
                 for process in [p for p in active if not p.is_alive()]:
@@ -157,11 +157,11 @@ def _die_with_parent() -> None:
             pass
 
 
-def _child(run: dict[str, Any], sweep_dir: str, threads: int, out: str) -> None:
+def _child(run: dict[str, Any], sweep_dir: str, threads: int, out: str, progress_lines: bool = True) -> None:
     _die_with_parent()
     from metablocks.train.checkpoint import atomic_write
 
-    record = execute_run(run, sweep_dir, threads=threads, progress_lines=True)
+    record = execute_run(run, sweep_dir, threads=threads, progress_lines=progress_lines)
     atomic_write(Path(out), json.dumps(record, default=str).encode())
 
 

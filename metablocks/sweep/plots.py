@@ -91,8 +91,11 @@ def plot_curves(rows: list[dict[str, Any]], group_by: str | None, out_dir: Path,
         right.plot(epochs, row["curve_train_loss"], label=name, **style)
     left.set(xlabel="epoch", ylabel="validation top-1 (%)", title=f"{title}: validation top-1")
     right.set(xlabel="epoch", ylabel="training loss", title="training loss (label-smoothed CE)")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (left, right):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.5
     left.legend(fontsize=8)
     fig.tight_layout()
     path = out_dir / "learning_curves.png"

@@ -261,7 +261,7 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         if row["ok"]:
-            top1 = f"{row['top1_mean']:.2f} ± {row['top1_std']:.2f}"
+            top1 = f"{row['top1_mean']:.2f}" + (f" ± {row['top1_std']:.2f}" if row["ok"] > 1 else "")  # no spread of one
         else:
             top1 = "failed: " + "; ".join(row["errors"])[:120].replace("|", "/")
         cells = [str(row.get(c, "")) for c in columns] + [

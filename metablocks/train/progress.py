@@ -14,12 +14,16 @@ def _duration(seconds: float) -> str:
 
 
 class RunProgress:
-    """One run's steps: a tqdm bar, or one line per epoch with the time left for the run."""
+    """One run's steps: a tqdm bar, or one line per epoch with the time left for the run, and inside a long epoch a
+    line every ``line_every_s`` seconds."""
+
+    line_every_s: float = 30.0
 
     def __init__(self, name: str, total_steps: int, done_steps: int, *, bars: bool, stream: TextIO,
                  position: int = 0, enabled: bool = True) -> None:
         self.name, self.total, self.done = name, total_steps, done_steps
         self.stream, self.enabled, self.start, self.start_done = stream, enabled, time.monotonic(), done_steps
+        self.last_line = self.start
         self.bar = None
         if enabled and bars:
             from tqdm import tqdm
@@ -27,20 +31,29 @@ class RunProgress:
             self.bar = tqdm(total=total_steps, initial=done_steps, desc=name, unit="step", position=position,
                             leave=False, file=stream, dynamic_ncols=True)
 
+    def _times(self) -> tuple[float, float]:
+        elapsed = time.monotonic() - self.start
+        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
+        return elapsed, (self.total - self.done) / rate if rate > 0 else 0.0
+
     def step(self, loss: float) -> None:
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        elif self.enabled and time.monotonic() - self.last_line >= self.line_every_s:
+            elapsed, eta = self._times()
+            print(f"{self.name}: step {self.done}/{self.total} ({self.done / max(self.total, 1):.0%}) loss {loss:.4f} "
+                  f"({_duration(elapsed)}, eta {_duration(eta)})", file=self.stream, flush=True)
+            self.last_line = time.monotonic()
 
     def epoch(self, epoch: int, epochs: int, metrics: dict[str, Any]) -> None:
         if not self.enabled or self.bar is not None:
             if self.bar is not None:
                 self.bar.set_postfix(loss=f"{metrics['train_loss']:.3f}", top1=f"{metrics['val_top1']:.1f}")
             return
-        elapsed = time.monotonic() - self.start
-        rate = (self.done - self.start_done) / elapsed if elapsed > 0 else 0.0
-        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        elapsed, eta = self._times()
+        self.last_line = time.monotonic()
         print(f"{self.name}: epoch {epoch}/{epochs} train_loss {metrics['train_loss']:.4f} val_loss "
               f"{metrics['val_loss']:.4f} val_top1 {metrics['val_top1']:.2f}% ({_duration(elapsed)}, eta {_duration(eta)})",
               file=self.stream, flush=True)
