@@ -316,7 +316,7 @@ def test_user_mistakes_end_in_one_error_line(tmp_path: Path, capsys: pytest.Capt
     from metablocks.sweep import ResultStore
 
     code, out = run(capsys, "sweep", "report", str(tmp_path / "missing"))
-    assert (code, out) == (2, f"error: {tmp_path / 'missing'} is not a sweep directory (no plan.json)\n")
+    assert (code, out) == (2, f"error: {tmp_path / 'missing'} does not exist: no sweep there\n")
     code, out = run(capsys, "sweep", "plan", str(tmp_path / "missing.yaml"))
     assert code == 2 and out == f"error: invalid sweep:\n  {tmp_path / 'missing.yaml'}: no such sweep spec file\n"
     spec = tmp_path / "sweep.yaml"
