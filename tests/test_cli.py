@@ -411,3 +411,14 @@ def test_progress_inside_a_long_epoch() -> None:
     silent.line_every_s = 0.0
     silent.step(1.0)
     assert quiet.getvalue() == ""
+
+
+def test_bench_takes_set(capsys):
+    code = main(["bench", "poolformer_s12", "--set", "stages[3].token_mixer=identity", "--repeats", "1", "--warmup", "0",
+                 "--batch", "1", "--train-batch", "0", "--img-size", "32", "--no-memory"])
+    assert code == 0
+    assert "| poolformer_s12 with --set stages[3].token_mixer=identity | ours |" in capsys.readouterr().out
+    code = main(["bench", "poolformer_s12", "--set", "stages[3].token_mixer=identity", "--vs-timm"])
+    assert code == 2
+    assert capsys.readouterr().err == ("error: --set changes the architecture of poolformer_s12, so there is no timm "
+                                       "model with the same weights to compare with; drop --vs-timm (or the --set)\n")

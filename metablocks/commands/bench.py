@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
 from pathlib import Path
 
 
@@ -16,6 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                "training memory is measured in a subprocess per model (VmHWM delta), "
                                                "from a cold start and in the steady state after one step.")
     parser.add_argument("recipe", metavar="FILE|NAME", help="a recipe file or a shipped recipe name")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
+                        help="dotted recipe override, e.g. --set stages[2].token_mixer=pooling (repeatable; with "
+                             "--vs-timm only if the architecture stays timm's)")
     parser.add_argument("--vs-timm", nargs="?", const="", default=None, metavar="NAME",
                         help="compare with this timm model (default: the recipe's timm_name), same weights")
     parser.add_argument("--deploy", action="store_true", help="also time our deployed model against the plain one")
@@ -38,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
 
     from metablocks.analysis import bench
 
+    if args.overrides:
+        changed = _apply_overrides(args)
+        if changed and args.vs_timm is not None:
+            print(f"error: --set changes the architecture of {args.recipe_name}, so there is no timm model with the "
+                  f"same weights to compare with; drop --vs-timm (or the --set)", file=sys.stderr)
+            return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     common = dict(batches=tuple(args.batch), img_size=args.img_size, repeats=args.repeats, warmup=args.warmup,
@@ -50,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
         reports.append(bench.compare_deploy(args.recipe, **common))
     if not reports:
         model = bench.build_ours(args.recipe, img_size=args.img_size)
-        reports.append(bench.compare(model, None, name=args.recipe, against=None, train_batch=args.train_batch, **common))
+        name = f"{args.recipe_name} with --set {' '.join(args.overrides)}" if args.overrides else args.recipe
+        reports.append(bench.compare(model, None, name=name, against=None, train_batch=args.train_batch, **common))
         if args.memory and args.train_batch:
             for warmup_steps, when in ((0, "first steps"), (1, "steady state")):
                 reports[-1].rows.append(bench.Row(f"peak train memory b{args.train_batch}, {when}", bench.peak_train_memory(
@@ -66,3 +78,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps([r.to_json() for r in reports], indent=2))
     return 0
+
+
+def _apply_overrides(args: argparse.Namespace) -> bool:
+    """Write the recipe with ``--set`` applied to a temporary file that every measurement (the subprocesses too) reads;
+    True when the architecture changed."""
+    from metablocks.recipe import load_recipe
+
+    original = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, args.overrides)
+    args.recipe_name = original.name
+    path = Path(tempfile.mkdtemp(prefix="metablocks-bench-")) / f"{recipe.name}.yaml"
+    path.write_text(recipe.to_yaml())
+    args.recipe = str(path)
+    return recipe.model_id != original.model_id
