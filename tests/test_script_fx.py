@@ -12,8 +12,7 @@ from metablocks.model import Stage
 torchvision_fx = pytest.importorskip("torchvision.models.feature_extraction")
 
 FAST = ["convnext_atto", "swin_t", "mixer_s16_224", "resnet50"]  # the rest (every other recipe) is marked slow
-NOT_TRACEABLE = {  # einops patterns and a zip over a ModuleList in forward; not rewritten yet
-    name: "cswin_attention's forward is not TorchScript/FX-ready yet" for name in ("cswin_t", "cswin_s", "cswin_b")}
+NOT_TRACEABLE: dict[str, str] = {}  # recipe -> why it cannot be scripted/traced yet (none now)
 
 
 def _params(names: list[str]) -> list:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from metablocks.components.token_mixers.attention import MultiHeadConfig
@@ -49,13 +48,18 @@ class CSWinAttentionConfig(MultiHeadConfig):
 
 def stripes(x: Tensor, size: tuple[int, int]) -> Tensor:
     """(B, H, W, C) -> (B * H/sh * W/sw, sh*sw, C): the map cut into (sh, sw) windows, each read row-major."""
-    return rearrange(x, "b (nh sh) (nw sw) c -> (b nh nw) (sh sw) c", sh=size[0], sw=size[1])
+    batch, height, width, channels = x.shape
+    sh, sw = size
+    x = x.view(batch, height // sh, sh, width // sw, sw, channels).permute(0, 1, 3, 2, 4, 5)  # (b, nh, nw, sh, sw, c)
+    return x.reshape(-1, sh * sw, channels)
 
 
 @register("token_mixer", "cswin_attention", config=CSWinAttentionConfig)
 class CSWinAttention(nn.Module):
     """Half the heads attend inside vertical stripes (full height, ``split_size`` wide), half inside horizontal
     ones; a depthwise conv of V inside each stripe (LePE) is added to the attention output (CSWin, Dong et al. 2022)."""
+
+    traced_at_built_size = True  # stripes need maps that split_size divides: pretrained_cfg says fixed_input_size
 
     def __init__(self, dim: int, *, num_heads: int, head_dim: int, split_size: int | None = 7, qkv_bias: bool = True,
                  proj_bias: bool = True, lepe_kernel_size: int = 3, attn_drop: float = 0.0,
@@ -72,25 +76,38 @@ class CSWinAttention(nn.Module):
         self.proj = nn.Linear(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def stripe_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
-        """The (sh, sw) window of each branch: vertical stripes, then horizontal ones (or the whole map)."""
-        if self.split_size is None:
-            return [(height, width)]
-        return [(height, self.split_size), (self.split_size, width)]
+    def stripe_size(self, branch: int, height: int, width: int) -> tuple[int, int]:
+        """The (sh, sw) window of ``branch``: 0 vertical stripes, 1 horizontal ones; the whole map without split."""
+        split = self.split_size
+        if split is None:
+            return height, width
+        return (height, split) if branch == 0 else (split, width)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
-        batch, height, width = x.shape[:3]
-        qkv = rearrange(self.qkv(x), "b h w (three g c) -> g three b h w c", three=3, g=self.branches)
+        # views and permutes rather than einops patterns, so torch.fx and TorchScript trace it (the same tensors)
+        batch, height, width, _ = x.shape
+        heads = self.heads_per_branch
+        qkv = self.qkv(x).view(batch, height, width, 3, self.branches, -1).permute(4, 3, 0, 1, 2, 5)  # (g, 3, B, H, W, c)
         outs = []
-        for (q, k, v), size, lepe_conv in zip(qkv, self.stripe_sizes(height, width), self.get_v):
-            q, k, v = (rearrange(stripes(t, size), "n l (h d) -> n h l d", h=self.heads_per_branch) for t in (q, k, v))
+        for g, lepe_conv in enumerate(self.get_v):
+            sh, sw = self.stripe_size(g, height, width)
+            q = self._heads(stripes(qkv[g, 0], (sh, sw)), heads)  # (n, heads, sh*sw, d)
+            k = self._heads(stripes(qkv[g, 1], (sh, sw)), heads)
+            v = self._heads(stripes(qkv[g, 2], (sh, sw)), heads)
+            n, d = v.shape[0], v.shape[-1]
             # LePE: a depthwise conv of V inside each stripe (zero-padded at the stripe's border)
-            lepe = lepe_conv(rearrange(v, "n h (sh sw) d -> n (h d) sh sw", sh=size[0]))  # (n, c, sh, sw)
-            lepe = rearrange(lepe, "n (h d) sh sw -> n h (sh sw) d", h=self.heads_per_branch)
+            lepe = lepe_conv(v.transpose(1, 2).reshape(n, sh, sw, heads * d).permute(0, 3, 1, 2))  # (n, c, sh, sw)
+            lepe = lepe.reshape(n, heads, d, sh * sw).transpose(2, 3)  # (n, heads, sh*sw, d)
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0) + lepe
-            outs.append(rearrange(out, "(b nh nw) h (sh sw) d -> b (nh sh) (nw sw) (h d)", b=batch,
-                                  nh=height // size[0], sh=size[0], sw=size[1]))  # (B, H, W, C / branches)
+            out = out.view(batch, height // sh, width // sw, heads, sh, sw, d).permute(0, 1, 4, 2, 5, 3, 6)
+            outs.append(out.reshape(batch, height, width, heads * d))  # (B, H, W, C / branches)
         return self.proj_drop(self.proj(torch.cat(outs, dim=-1)))
+
+    @staticmethod
+    def _heads(t: Tensor, heads: int) -> Tensor:
+        """(n, L, heads * d) -> (n, heads, L, d)."""
+        n, length, channels = t.shape
+        return t.view(n, length, heads, channels // heads).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f"split_size={self.split_size}, heads_per_branch={self.heads_per_branch}"
