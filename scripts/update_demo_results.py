@@ -65,8 +65,9 @@ def readme_block(results_md: str, info: dict[str, Any], measure_batch: int | Non
             f"machine, CPU \"{info['cpu']}\" (/proc/cpuinfo), torch {info['torch']}, {info['date']}{busy}. "
             f"The accuracies, parameters, MACs and memory are deterministic (seeded, on CPU): the demo gives the "
             f"same on every run, and `tests/test_demo_drift.py` fails when the code no longer does. The speed "
-            f"columns (img/s, latency) are timings from that run, two runs at once on one thread each: they "
-            f"vary from run to run and machine to machine.{batch}")
+            f"columns (img/s, latency) are timings from that run, taken after all training, one model at a time "
+            f"on one thread, alternating with the reference (the first mixer): ±% is their spread and 'bN vs ref' "
+            f"the median ratio to the reference. They vary from run to run and machine to machine.{batch}")
     return f"{BEGIN}\n{textwrap.fill(text, width=116, break_on_hyphens=False)}\n\n{results_md.strip()}\n{END}"
 
 
