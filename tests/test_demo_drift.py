@@ -40,8 +40,17 @@ def shipped_rows() -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def shipped_records() -> list[dict]:
+def shipped_lines() -> list[dict]:
     return [json.loads(line) for line in (SHIPPED / "results.jsonl").read_text().splitlines() if line.strip()]
+
+
+def shipped_records() -> list[dict]:
+    """The runs' records (the measurement records, one per configuration, are ``shipped_measurements``)."""
+    return [r for r in shipped_lines() if r.get("kind", "run") == "run"]
+
+
+def shipped_measurements() -> dict[str, dict]:
+    return {r["config"]: r for r in shipped_lines() if r.get("kind") == "measure"}
 
 
 def _same(shipped: str, ours) -> bool:
@@ -69,7 +78,7 @@ def test_shipped_tables_are_what_the_code_writes_from_the_shipped_records(tmp_pa
     latest = {r["run_id"]: r for r in shipped_records()}  # in the plan's order, as `sweep report` writes them
     records = [latest[run.run_id] for run in sweep.plan() if run.run_id in latest]
     columns = [axis.column for axis in sweep.spec.axes]
-    csv_path, md_path = write_tables(tmp_path, records, columns)
+    csv_path, md_path = write_tables(tmp_path, records, columns, shipped_measurements())
     assert md_path.read_text() == (SHIPPED / "results.md").read_text(), REGENERATE
     assert csv_path.read_text() == (SHIPPED / "results.csv").read_text(), REGENERATE
 

@@ -7,19 +7,12 @@ import torch
 
 import metablocks
 from metablocks.cli import main
+from helpers import TINY_RECIPE
 from metablocks.sweep import ResultStore, Sweep, SweepError, run_sweep
 from metablocks.sweep.plots import pareto
 from metablocks.sweep.results import aggregate
 
-BASE = textwrap.dedent("""\
-    name: tiny
-    stem: {type: conv, kernel_size: 3, stride: 2, padding: 1}
-    downsample: {type: conv}
-    block: {norm: {type: groupnorm, num_groups: 1}}
-    stages:
-      - {depth: 1, dim: 8}
-      - {depth: 1, dim: 16}
-    """)
+BASE = TINY_RECIPE
 SETTINGS = textwrap.dedent("""\
     data: {source: synthetic, img_size: 16, num_classes: 4, train_size: 32, val_size: 16}
     train: {epochs: 1, batch_size: 16, threads: 1}

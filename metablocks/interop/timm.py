@@ -69,22 +69,7 @@ def convert_state_dict(state_dict: Mapping[str, Tensor], model: nn.Module, timm_
 
 def load_timm_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], timm_name: str | None = None) -> nn.Module:
     """Load a timm state_dict into ``model`` strictly (no missing or unexpected keys); returns the model."""
-    converted = convert_state_dict(state_dict, model, timm_name)
-    ours = model.state_dict()
-    missing = sorted(set(ours) - set(converted))
-    unexpected = sorted(set(converted) - set(ours))
-    wrong = sorted(k for k in set(ours) & set(converted) if ours[k].shape != converted[k].shape)
-    if missing or unexpected or wrong:
-        lines = []
-        if missing:
-            lines.append(f"missing in the timm weights ({len(missing)}): {', '.join(missing[:8])}")
-        if unexpected:
-            lines.append(f"not in our model ({len(unexpected)}): {', '.join(unexpected[:8])}")
-        if wrong:
-            lines.append("shape mismatch: " + ", ".join(f"{k} ours {tuple(ours[k].shape)} vs timm "
-                                                        f"{tuple(converted[k].shape)}" for k in wrong[:8]))
-        raise ValueError("timm weights do not fit this model:\n  " + "\n  ".join(lines))
-    model.load_state_dict(converted, strict=True)
+    _load_strict(model, convert_state_dict(state_dict, model, timm_name), source="the timm weights", theirs="timm")
     return model
 
 
@@ -150,7 +135,9 @@ def _classifier_keys(model: nn.Module, ours: Mapping[str, Tensor]) -> set[str]:
     return {k for k in ours if classifier and k.startswith(classifier + ".")}
 
 
-def _load_strict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
+def _load_strict(model: nn.Module, state: Mapping[str, Tensor], source: str = "the checkpoint",
+                 theirs: str = "checkpoint") -> None:
+    """``model.load_state_dict(state, strict=True)``, or a ValueError listing what is missing, extra or misshapen."""
     ours = model.state_dict()
     missing = sorted(set(ours) - set(state))
     unexpected = sorted(set(state) - set(ours))
@@ -158,11 +145,12 @@ def _load_strict(model: nn.Module, state: Mapping[str, Tensor]) -> None:
     if missing or unexpected or wrong:
         lines = []
         if missing:
-            lines.append(f"missing in the checkpoint ({len(missing)}): {', '.join(missing[:8])}")
+            lines.append(f"missing in {source} ({len(missing)}): {', '.join(missing[:8])}")
         if unexpected:
             lines.append(f"not in our model ({len(unexpected)}): {', '.join(unexpected[:8])}")
         if wrong:
-            lines.append("shape mismatch: " + ", ".join(f"{k} ours {tuple(ours[k].shape)} vs checkpoint "
-                                                        f"{tuple(state[k].shape)}" for k in wrong[:8]))
-        raise ValueError("the checkpoint does not fit this model:\n  " + "\n  ".join(lines))
+            lines.append("shape mismatch: " + ", ".join(f"{k} ours {tuple(ours[k].shape)} vs {theirs} {tuple(state[k].shape)}"
+                                                        for k in wrong[:8]))
+        raise ValueError(f"{source} do{'es' if source == 'the checkpoint' else ''} not fit this model:\n  "
+                         + "\n  ".join(lines))
     model.load_state_dict(state, strict=True)
