@@ -51,13 +51,14 @@ def build_at(component: Component, dim: int, site: Site, *, resolution: tuple[in
     """Build a nested component (a norm in a stem, downsample or head) for the tensor it will really see.
 
     A layout-agnostic component is built for the site; one with a fixed layout, or one that needs a map where the site
-    is a vector (``takes_vector`` False), is wrapped in a Relayout. Norms that fit their site are built as they are,
+    is a vector (``takes_vector`` False), is wrapped in a Relayout (a vector site holds channels last: (B, C), or
+    (B, H, W, C) in a head without global pool). Norms that fit their site are built as they are,
     so their state_dict names do not change.
     """
     own = type(component).layout
-    if site == "vector":
-        if type(component).takes_vector:
-            return component.build(Context(dim, resolution=resolution, layout="channels_last" if own == "any" else own))
+    if site == "vector":  # a (B, C) vector, or (B, H, W, C) in a head without global pool: channels last
+        if type(component).takes_vector and own == "any":
+            return component.build(Context(dim, resolution=resolution, layout="channels_last"))
         inner = "channels_last" if own == "any" else own
         return Relayout(component.build(Context(dim, resolution=resolution, layout=inner)), site=site, inner_layout=inner)
     if own in ("any", site):

@@ -251,3 +251,13 @@ def test_downsample_with_a_norm_on_each_side():
     bad = {**recipe, "stages": [recipe["stages"][0], {**recipe["stages"][1], "downsample": {
         **recipe["stages"][1]["downsample"], "post_norm": {"type": "groupnorm", "num_groups": 3}}}]}
     expect_problem(bad, None, "stages[1].downsample.post_norm", "num_groups=3 does not divide dim=32")
+
+
+@pytest.mark.parametrize("pool", ["avg", "max", ""])
+@pytest.mark.parametrize("head", ["linear", "mlp", "mlp_classifier"])
+def test_every_norm_runs_in_every_head(head, pool):
+    """A head's norm sees a pooled (B, C) vector, or (B, H, W, C) without global pool: every norm runs in each."""
+    for norm in ["batchnorm", "grn", "layernorm", {"type": "groupnorm", "num_groups": 2}]:
+        runs({"name": "x", "img_size": 12, "stem": {"type": "conv", "kernel_size": 4, "stride": 4, "padding": 0},
+              "stages": [{"depth": 1, "dim": 4}], "num_classes": 3,
+              "head": {"type": head, "pool": pool, "norm": norm, **({"hidden_norm": norm} if head == "mlp" else {})}})

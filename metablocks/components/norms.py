@@ -34,7 +34,6 @@ class LayerNorm(nn.LayerNorm):
 
 class GroupNormConfig(Component):
     layout = "channels_first"
-    takes_vector = True  # nn.GroupNorm takes (B, C)
     num_groups: Groups = 1
     bias: bool = True
     eps: Eps = 1e-5
