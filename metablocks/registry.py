@@ -71,6 +71,8 @@ class Component(BaseModel):
     name: ClassVar[str]
     module: ClassVar[Callable[..., nn.Module]]
     layout: ClassVar[Layout] = "any"
+    # fields added after recipes were published: left out of dumps (and so of model_id) while at their default
+    omit_when_default: ClassVar[frozenset[str]] = frozenset()
     takes_vector: ClassVar[bool] = False  # works on a pooled (B, C) vector as it is (LayerNorm); else shown a 1x1 map
 
     @model_validator(mode="before")
@@ -90,7 +92,11 @@ class Component(BaseModel):
 
     def dump(self) -> dict[str, Any]:
         """Plain data, ``type`` first, every default filled in; validating it gives this config back."""
-        return {"type": self.type, **self.model_dump(exclude={"type"})}  # type: ignore[attr-defined]
+        fields = self.model_dump(exclude={"type"})
+        for name in type(self).omit_when_default:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                fields.pop(name, None)
+        return {"type": self.type, **fields}  # type: ignore[attr-defined]
 
     def check(self, ctx: Context) -> list[str]:
         """Constraint violations for this component at ``ctx`` (empty when it fits)."""

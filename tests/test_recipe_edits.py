@@ -83,3 +83,21 @@ def test_override_without_effect():
 def test_shipped_recipes_all_load():
     for name in metablocks.list_recipes():
         load_recipe(name)
+
+
+def test_shipped_recipes_keep_model_id_and_parameters():
+    """Every shipped recipe's model_id, parameter count and state_dict size, as recorded when zoo I was finished:
+    a new field or component option must not change an existing recipe's identity or weights."""
+    import json
+
+    import torch
+
+    expected = json.loads((Path(__file__).parent / "data" / "shipped_model_ids.json").read_text())
+    assert sorted(expected) == metablocks.list_recipes()
+    for name, want in expected.items():
+        recipe = load_recipe(name)
+        with torch.device("meta"):
+            model = metablocks.build_model(recipe)
+        got = {"model_id": recipe.model_id, "params": sum(p.numel() for p in model.parameters()),
+               "state_dict_keys": len(model.state_dict())}
+        assert got == want, name

@@ -12,6 +12,7 @@ from metablocks.registry import Component, Context, Ref, register
 
 class ConvDownsampleConfig(Component):
     layout = "channels_first"
+    omit_when_default = frozenset({"post_norm"})  # added later: recipes without it keep their model_id
     kernel_size: Kernel = 3
     stride: Stride = 2
     padding: Padding = 1
