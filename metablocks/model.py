@@ -330,13 +330,12 @@ def pretrained_cfg(model: "MetaModel") -> dict[str, Any]:
     convs = _module_names(model.stem, "stem", (nn.Conv2d, nn.Linear))
     classifier = _module_names(model.head, "head", (nn.Linear, nn.Conv2d))
     fc = [name for name in classifier if name == "head.fc" or name.startswith("head.fc.")]
-    reduction = model.feature_info[-1]["reduction"]
     return dict(
         architecture=recipe.name, timm_name=recipe.timm_name, tag=tag, url="", file=None,
         input_size=(recipe.in_chans, *recipe.img_size),
         # eager runs any size but a token grid's; a torch.fx trace of shifted windows holds the built size's mask
         fixed_input_size=model.fixed_resolution or any(getattr(m, "traced_at_built_size", False) for m in model.modules()),
-        pool_size=tuple(max(r // reduction, 1) for r in recipe.img_size), crop_pct=crop_pct, crop_mode="center",
+        pool_size=tuple(model.stages[-1].resolution), crop_pct=crop_pct, crop_mode="center",  # the last map's size
         interpolation="bicubic", mean=mean, std=std, num_classes=recipe.num_classes,
         first_conv=convs[0] if convs else None, classifier=fc[-1] if fc else None,
     )

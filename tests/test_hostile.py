@@ -261,3 +261,11 @@ def test_every_norm_runs_in_every_head(head, pool):
         runs({"name": "x", "img_size": 12, "stem": {"type": "conv", "kernel_size": 4, "stride": 4, "padding": 0},
               "stages": [{"depth": 1, "dim": 4}], "num_classes": 3,
               "head": {"type": head, "pool": pool, "norm": norm, **({"hidden_norm": norm} if head == "mlp" else {})}})
+
+
+def test_stem_that_grows_the_map():
+    """A padded stem can make the map larger than the input (reduction < 1): the model and its pretrained_cfg build."""
+    model = runs({"name": "x", "img_size": 12, "in_chans": 2, "num_classes": 0, "stem": {"type": "conv_stack", "layers": [
+        {"kernel_size": 3, "stride": 3, "padding": 11, "width": 1.5}, {"padding": 9}, {}]},
+        "stages": [{"depth": 1, "dim": 8, "token_mixer": "sepconv", "norm": "grn", "shape": "convnext"}]})
+    assert model.pretrained_cfg["pool_size"] == tuple(model.stages[-1].resolution) == (28, 28)
