@@ -48,3 +48,28 @@ def tiny_sweep(name: str, rest: str, mixers: str = "pooling, identity") -> str:
     base = "".join(f"  {line}\n" for line in TINY_RECIPE.splitlines())
     axis = f'  - {{path: "stages[1].token_mixer", values: [{mixers}], name: mixer}}\n'
     return f"name: {name}\nbase:\n{base}axes:\n{axis}{rest}"
+
+
+class Stop(Exception):
+    """Raised by ``interrupt_at`` to kill a training run mid-epoch."""
+
+
+def interrupt_at(step: int) -> type:
+    """A ``make_progress`` class for ``train`` that raises Stop at the ``step``-th optimizer step (a killed run)."""
+
+    class Interrupt:
+        def __init__(self, *args) -> None:
+            self.n = 0
+
+        def step(self, loss) -> None:
+            self.n += 1
+            if self.n == step:
+                raise Stop
+
+        def epoch(self, *args) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    return Interrupt

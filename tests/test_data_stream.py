@@ -2,10 +2,17 @@
 import numpy as np
 import pytest
 import torch
+from helpers import Stop, interrupt_at
 
 from metablocks.data import Batches, DataConfig, load_splits
 from metablocks.data.pipeline import Pipeline
-from metablocks.data.stream import EpochShards, ImageFiles, PlainResize, list_image_folder, streamable
+from metablocks.data.stream import (
+    EpochShards,
+    ImageFiles,
+    PlainResize,
+    list_image_folder,
+    streamable,
+)
 from metablocks.train import TrainConfig, train
 
 TINY = {"name": "tiny", "stem": {"type": "conv", "kernel_size": 3, "stride": 2, "padding": 1},
@@ -142,23 +149,7 @@ def test_a_streamed_run_with_timm_transforms_resumes_exactly(folder, tmp_path) -
     data = DataConfig(source="imagefolder", path=str(folder), img_size=12, workers=2, **STATS)
     straight = train(TINY, data=data, config=config)
 
-    class Stop(Exception):
-        pass
-
-    class Interrupt:
-        def __init__(self, *args):
-            self.n = 0
-
-        def step(self, loss):
-            self.n += 1
-            if self.n == 8:  # in the second epoch (6 steps per epoch), persistent workers running
-                raise Stop
-
-        def epoch(self, *args):
-            pass
-
-        def close(self):
-            pass
+    Interrupt = interrupt_at(8)  # in the second epoch (6 steps per epoch), persistent workers running
 
     with pytest.raises(Stop):
         train(TINY, data=data, config=config, out_dir=tmp_path, make_progress=Interrupt)

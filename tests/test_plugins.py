@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import metablocks
 from metablocks import registry
 from metablocks.cli import main
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import Stop, interrupt_at
 
 import metablocks
 from metablocks.cli import main
@@ -77,25 +78,7 @@ def test_seeded_runs_are_identical_and_learn(tmp_path) -> None:
 def test_resume_from_checkpoint_equals_uninterrupted(tmp_path) -> None:
     straight = train(TINY, data=DATA, config=FAST.model_copy(update={"epochs": 3}))
     # interrupt a 3-epoch run in its second epoch (its checkpoint then holds epoch 1), then run it again
-    calls = {"n": 0}
-
-    class Stop(Exception):
-        pass
-
-    class Interrupt:
-        def __init__(self, *args):
-            pass
-
-        def step(self, loss):
-            calls["n"] += 1
-            if calls["n"] == 6:  # in the second epoch (4 steps per epoch)
-                raise Stop
-
-        def epoch(self, *args):
-            pass
-
-        def close(self):
-            pass
+    Interrupt = interrupt_at(6)  # in the second epoch (4 steps per epoch)
 
     with pytest.raises(Stop):
         train(TINY, data=DATA, config=FAST.model_copy(update={"epochs": 3}), out_dir=tmp_path, make_progress=Interrupt)

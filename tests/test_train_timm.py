@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from helpers import Stop, interrupt_at
 
 import metablocks
 from metablocks.cli import main
@@ -119,23 +120,7 @@ def test_ema_is_evaluated_checkpointed_and_resumed_exactly(tmp_path) -> None:
     ema, model = straight["_ema"].state_dict(), straight["_model"].state_dict()
     assert any(not torch.equal(ema[k], model[k]) for k in model)  # an average, not the weights
 
-    class Stop(Exception):
-        pass
-
-    class Interrupt:
-        def __init__(self, *args):
-            self.n = 0
-
-        def step(self, loss):
-            self.n += 1
-            if self.n == 6:  # in the second epoch (4 steps per epoch)
-                raise Stop
-
-        def epoch(self, *args):
-            pass
-
-        def close(self):
-            pass
+    Interrupt = interrupt_at(6)  # in the second epoch (4 steps per epoch)
 
     with pytest.raises(Stop):
         train(TINY, data=DATA, config=config, out_dir=tmp_path, make_progress=Interrupt)
