@@ -72,10 +72,12 @@ def relative_position_index(height: int, width: int, device: torch.device | None
     return d_row * (2 * width - 1) + d_col
 
 
-def resized_table(table: Tensor, height: int, width: int) -> Tensor:
-    """The (heads, 2P-1, 2Q-1) table at (heads, 2H-1, 2W-1): bilinear, half-pixel centres, no antialiasing
-    (TensorFlow's tf.image.resize default); the table itself when the sizes agree."""
-    if table.shape[-2] == 2 * height - 1 and table.shape[-1] == 2 * width - 1:
+def resized_table(table: Tensor, height: int, width: int, side: int = -1) -> Tensor:
+    """The (heads, 2P-1, 2P-1) table at (heads, 2H-1, 2W-1): bilinear, half-pixel centres, no antialiasing
+    (TensorFlow's tf.image.resize default); the table itself when the sizes agree. ``side`` (2P-1) is given where
+    the table's shape cannot be read (torch.fx)."""
+    side = table.shape[-1] if side < 0 else side
+    if side == 2 * height - 1 and side == 2 * width - 1:
         return table
     return F.interpolate(table[None], size=(2 * height - 1, 2 * width - 1), mode="bilinear", align_corners=False)[0]
 
@@ -109,7 +111,7 @@ class RelPosAttention(nn.Module):
         self.proj = nn.Linear(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
         self.has_bias = rel_pos_size is not None
-        side = 2 * rel_pos_size - 1 if rel_pos_size is not None else 1
+        self.side = side = 2 * rel_pos_size - 1 if rel_pos_size is not None else 1
         self.relative_position_embedding = nn.Parameter(torch.empty(num_heads, side, side)) if self.has_bias else None
         if self.relative_position_embedding is not None:
             nn.init.trunc_normal_(self.relative_position_embedding, std=0.02)
@@ -125,7 +127,7 @@ class RelPosAttention(nn.Module):
             index = relative_position_index(height, width, table.device)
         else:
             height, width = self.window
-        table = resized_table(table, height, width).flatten(1)  # (heads, (2H-1)(2W-1))
+        table = resized_table(table, height, width, self.side).flatten(1)  # (heads, (2H-1)(2W-1))
         return table[:, index].unsqueeze(0)  # (1, heads, N, N)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
