@@ -8,11 +8,14 @@ Unlike ``projection`` (always a conv, optionally a norm), a strided block that k
 """
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from metablocks.components.same_padding import avg_pool_same
 from metablocks.fields import Kernel
 from metablocks.registry import Component, Context, register
+
+torch.fx.wrap("avg_pool_same")  # one traced call here too (torch.fx patches the name in the caller's module)
 
 
 class PoolProjectConfig(Component):
