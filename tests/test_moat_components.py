@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from metablocks.components.same_padding import Conv2dSame, avg_pool_same, conv2d, same_pads
-from metablocks.components.token_mixers.relpos_attention import (RelPosAttentionConfig, relative_position_index,
-                                                                 resized_table)
+from metablocks.components.token_mixers.relpos_attention import (RelPosAttentionConfig, relative_bias,
+                                                                 relative_position_index, resized_table)
 from metablocks.recipe.errors import RecipeError, check_block
 from metablocks.registry import Context, get, load_plugins
 
@@ -60,6 +60,11 @@ def test_relative_position_index_by_hand() -> None:
     assert relative_position_index(2, 2).tolist() == [[4, 5, 7, 8], [3, 4, 6, 7], [1, 2, 4, 5], [0, 1, 3, 4]]
     index = relative_position_index(3, 5)
     assert index.shape == (15, 15) and index.diagonal().eq(2 * 9 + 4).all()  # d = 0: the table's centre
+
+
+def test_relative_bias_is_the_gather() -> None:
+    table = torch.randn(3, 5, 7)
+    assert torch.equal(relative_bias(table, 3, 4), table.flatten(1)[:, relative_position_index(3, 4)])
 
 
 def test_resized_table_is_bilinear_with_half_pixel_centres() -> None:
@@ -138,3 +143,27 @@ def test_check_errors(fields: dict, message: str) -> None:
 
     with pytest.raises(RecipeError, match=message):
         check_block(BlockConfig(**fields, channel_mixer=None), Context(64, resolution=(8, 8)), source="test")
+
+
+@pytest.mark.parametrize("se_ratio, norm", [(0.25, "batchnorm"), (None, {"type": "layernorm", "eps": 1e-5})])
+def test_mbconv_and_shortcut_in_either_layout(se_ratio, norm) -> None:
+    """Channels-last (pointwise convs as matmuls, BatchNorm and the depthwise conv on permuted views) computes what
+    channels-first does, with the same state_dict."""
+    cfg = get("token_mixer", "mbconv")(se_ratio=se_ratio, norm=norm, padding="same")
+    first = cfg.build(Context(16, out_dim=24, stride=2)).eval()
+    last = cfg.build(Context(16, out_dim=24, stride=2, layout="channels_last")).eval()
+    with torch.no_grad():
+        for p in first.parameters():
+            p.normal_()
+        for name, b in first.named_buffers():
+            b.copy_(torch.rand_like(b.float()) + 0.5 if "running" in name else b)
+    last.load_state_dict(first.state_dict())
+    x = torch.randn(2, 16, 9, 8)
+    with torch.no_grad():
+        assert torch.allclose(last(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), first(x), atol=1e-4)
+    shortcut = get("shortcut", "pool_project")(pool_size=3)
+    a, b = shortcut.build(Context(16, out_dim=24, stride=2)), shortcut.build(Context(16, out_dim=24, stride=2, layout="channels_last"))
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(b(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), a(x), atol=1e-5)
+    assert a(x).shape == (2, 24, 5, 4)

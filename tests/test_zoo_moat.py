@@ -91,7 +91,7 @@ def test_structure(tiny) -> None:
     first, moat = tiny.stages[0].blocks[0], tiny.stages[2].blocks[0]
     assert [n for n, _ in first.named_children()] == ["pre_bn", "token_mixer", "shortcut"]
     assert [n for n, _ in moat.named_children()] == ["pre_bn", "token_mixer", "shortcut", "pre_ln", "attention"]
-    assert isinstance(first.shortcut.conv, torch.nn.Identity) and first.shortcut.stride == 2
+    assert first.shortcut.conv is None and first.shortcut.stride == 2
     assert isinstance(moat.token_mixer.se, torch.nn.Identity) and not isinstance(first.token_mixer.se, torch.nn.Identity)
     assert all("shortcut" not in dict(b.named_children()) for s in tiny.stages for b in list(s.blocks)[1:])
     assert [s.resolution for s in tiny.stages] == [(64, 64), (32, 32), (16, 16), (8, 8)]  # at 256
