@@ -132,3 +132,123 @@ def test_bra_refuses_a_map_it_cannot_cut() -> None:
     mixer = BiLevelRoutingAttentionConfig(topk=1).build(Context(32))
     with pytest.raises(ValueError, match="sides of a 8x14 map are not multiples of 7"):
         mixer(torch.randn(1, 8, 14, 32))
+
+
+# ------------------------------------------------------------------------------------------------ the whole models
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import metablocks  # noqa: E402
+from metablocks.interop.official.biformer import convert_biformer, load_biformer  # noqa: E402
+from metablocks.recipe.errors import RecipeError  # noqa: E402
+from metablocks.recipe.loader import load_recipe  # noqa: E402
+
+MANIFEST = json.loads((Path(__file__).parent / "data" / "biformer_official_keys.json").read_text())["models"]
+SIZES = {  # recipe: (embed dims, depths, parameters of the official model, README (params_m, macs_g, top1))
+    "biformer_tiny": ([64, 128, 256, 512], [2, 2, 8, 2], 13_142_760, (13.1, 2.2, 81.4)),
+    "biformer_small": ([64, 128, 256, 512], [4, 4, 18, 4], 25_536_232, (25.5, 4.5, 83.8)),
+    "biformer_base": ([96, 192, 384, 768], [4, 4, 18, 4], 56_804_968, (56.8, 9.8, 84.3)),
+}
+SLOW = [pytest.param("biformer_small", marks=pytest.mark.slow), pytest.param("biformer_base", marks=pytest.mark.slow)]
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def biformer_tiny():
+    return metablocks.create_model("biformer_tiny").eval()
+
+
+def _model(name: str, tiny):
+    return tiny if name == "biformer_tiny" else metablocks.create_model(name).eval()
+
+
+def test_recipes_record_the_readme() -> None:
+    for name, (dims, depths, _, paper) in SIZES.items():
+        recipe = load_recipe(name)
+        assert (recipe.paper.params_m, recipe.paper.macs_g, recipe.paper.top1) == paper
+        assert [s.depth for s in recipe.stages] == depths and [s.dim for s in recipe.stages] == dims
+        assert [s.token_mixer[0].type for s in recipe.stages] == ["bra", "bra", "bra", "attention_lepe"]
+        assert [s.token_mixer[0].topk for s in recipe.stages[:3]] == [1, 4, 16]
+        assert recipe.timm_name is None  # timm does not implement BiFormer
+
+
+@pytest.mark.parametrize("name", ["biformer_tiny", *SLOW])
+def test_params_equal_the_official_models(name: str, biformer_tiny) -> None:
+    model = _model(name, biformer_tiny)
+    assert n_params(model) == MANIFEST[name]["params"] == SIZES[name][2]
+    assert round(SIZES[name][2] / 1e6, 1) == SIZES[name][3][0]  # the README's 13.1M, 25.5M, 56.8M
+
+
+@pytest.mark.parametrize("name", ["biformer_tiny", *SLOW])
+def test_converter_maps_the_official_state_dict_onto_ours(name: str, biformer_tiny) -> None:
+    """Every official key, renamed, is one of ours with the official shape, and nothing of ours is left out."""
+    official = {key: torch.zeros(shape) for key, shape in MANIFEST[name]["keys"]}
+    converted = convert_biformer(official)
+    ours = _model(name, biformer_tiny).state_dict()
+    assert len(converted) == len(official)
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in ours.items()}
+
+
+def test_converter_names_by_hand() -> None:
+    pairs = {
+        "downsample_layers.0.0.weight": "stem.layers.0.conv.weight",
+        "downsample_layers.0.4.running_var": "stem.layers.1.norm.running_var",
+        "downsample_layers.2.1.bias": "stages.2.downsample.norm.bias",
+        "stages.1.0.pos_embed.weight": "stages.1.blocks.0.cpe.conv.weight",
+        "stages.2.7.attn.qkv.qkv.weight": "stages.2.blocks.7.token_mixer.qkv.weight",
+        "stages.2.7.attn.wo.bias": "stages.2.blocks.7.token_mixer.proj.bias",
+        "stages.3.1.attn.lepe.weight": "stages.3.blocks.1.token_mixer.lepe.weight",
+        "stages.0.1.mlp.3.weight": "stages.0.blocks.1.channel_mixer.fc2.weight",
+        "norm.running_mean": "head.norm.running_mean",
+        "head.weight": "head.fc.weight",
+    }
+    assert list(convert_biformer({k: torch.zeros(1) for k in pairs})) == list(pairs.values())
+
+
+def test_load_refuses_a_state_dict_that_does_not_fit(biformer_tiny) -> None:
+    official = {key: torch.zeros(shape) for key, shape in MANIFEST["biformer_small"]["keys"]}
+    with pytest.raises(ValueError, match="the official BiFormer weights do not fit this model"):
+        load_biformer(biformer_tiny, official)
+
+
+def test_block_structure(biformer_tiny) -> None:
+    """CPE first, with no norm and no drop path even when the model has a drop-path rate; LayerNorm eps 1e-6."""
+    model = metablocks.create_model("biformer_tiny", drop_path_rate=0.1)
+    block = model.stages[2].blocks[3]
+    assert [name for name, _ in block.named_children()][:3] == ["cpe", "norm1", "token_mixer"]
+    assert not hasattr(block, "drop_path1") and block.drop_path2.p == block.drop_path3.p > 0
+    assert block.norm1.eps == 1e-6 and block.channel_mixer.fc1.out_features == 3 * 256
+    heads = [s.blocks[0].token_mixer.num_heads for s in biformer_tiny.stages]
+    assert heads == [2, 4, 8, 8]  # C/32 in BRA; the official AttentionLePE keeps its default 8
+
+
+@pytest.mark.parametrize("name", ["biformer_tiny", *SLOW])
+def test_macs_match_the_readme(name: str, biformer_tiny) -> None:
+    """Our counter gives the official model 2.228 / 4.487 / 9.795 GMACs (measured outside the repository)."""
+    from metablocks.analysis import count_macs
+
+    gmacs = count_macs(_model(name, biformer_tiny)).total / 1e9
+    official = {"biformer_tiny": 2.228, "biformer_small": 4.487, "biformer_base": 9.795}[name]
+    assert abs(gmacs - official) < 0.001 and abs(gmacs - SIZES[name][3][1]) / SIZES[name][3][1] < 0.02
+
+
+def test_forward_backward_at_another_resolution() -> None:
+    """112: maps 28, 14, 7, 4 -- 7 regions still divide the first three (stage 2: regions of one token)."""
+    model = metablocks.create_model("biformer_tiny", img_size=112, num_classes=10,
+                                    overrides={"stages[0:].depth": 1}).train()
+    out = model(torch.randn(1, 3, 112, 112))
+    assert out.shape == (1, 10)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_a_map_that_regions_do_not_divide_is_a_recipe_error() -> None:
+    with pytest.raises(RecipeError) as err:
+        load_recipe("biformer_tiny", {"img_size": 160})  # maps 40, 20, 10, 5
+    message = str(err.value)
+    assert "n_win=7 does not divide the 40x40 map of stage 0" in message
+    assert "n_win=7 does not divide the 10x10 map of stage 2" in message
+    assert "biformer.yaml:" in message and "stages[2].token_mixer" in message

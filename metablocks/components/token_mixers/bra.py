@@ -94,6 +94,8 @@ class BiLevelRoutingAttention(nn.Module):
     """Region routing by top-k region affinity, then token attention inside the routed regions, plus a depthwise
     conv of V (BiFormer, Zhu et al. 2023). (B, H, W, C) in and out; H and W multiples of ``n_win``."""
 
+    traced_at_built_size = True  # maps must be multiples of n_win (official auto_pad False): fixed_input_size
+
     def __init__(self, dim: int, *, num_heads: int, n_win: int = 7, topk: int = 4, lepe_kernel_size: int = 5,
                  qkv_bias: bool = True, proj_bias: bool = True, scale: str = "dim") -> None:
         super().__init__()
