@@ -7,6 +7,8 @@ import json
 import re
 from typing import Any
 
+from pydantic import ValidationError
+
 from metablocks.recipe import Recipe, load_recipe
 from metablocks.registry import Component
 
@@ -47,7 +49,10 @@ def describe(component: Component | None) -> str:
     """``attention(head_dim=32)``: the component's type and the fields it sets away from their defaults."""
     if component is None:
         return "-"
-    defaults = type(component).model_validate({"type": component.name}).dump()
+    try:
+        defaults = type(component).model_validate({"type": component.name}).dump()
+    except ValidationError:  # a field without a default (a composite's parts: gate's f): compare field by field
+        defaults = {name: field.default for name, field in type(component).model_fields.items() if not field.is_required()}
     changed = []
     for key, value in component.dump().items():
         if key != "type" and value != defaults.get(key):
