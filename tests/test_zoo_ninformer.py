@@ -97,7 +97,7 @@ def test_model_load_and_run(model) -> None:
 def test_recipe_records_what_is_guessed() -> None:
     recipe = metablocks.load_recipe("ninformer_cifar10")
     assert recipe.img_size == (32, 32) and recipe.num_classes == 10 and recipe.paper.resolution == 32
-    assert "guessed from train.py" in recipe.paper.note and recipe.paper.top1 is None
+    assert "guessed to be the paper's model" in recipe.paper.note and recipe.paper.top1 is None
 
 
 # ----------------------------------------------------------------------------------------------------------- gate
@@ -149,3 +149,11 @@ def test_a_token_mlp_inside_the_gate_needs_the_built_grid() -> None:
     assert model.stages[0].blocks[0].token_mixer.f.token_mixer.fc1.in_features == 256
     with pytest.raises(ValueError, match="fixed 16x16 token grid"):
         model(torch.randn(1, 3, 32, 32))
+
+
+def test_resolved_dump_round_trips(tmp_path: Path) -> None:
+    """The gate, the block inside it and the shared slot survive ``info --resolved``: same model_id, same model."""
+    recipe = metablocks.load_recipe("ninformer_cifar10")
+    (tmp_path / "resolved.yaml").write_text(recipe.to_yaml())
+    again = metablocks.load_recipe(tmp_path / "resolved.yaml")
+    assert again.model_id == recipe.model_id and again.dump() == recipe.dump()

@@ -8,7 +8,7 @@ BRA's projections are ``attn.qkv.qkv`` / ``attn.wo``, the MLP a Sequential, the 
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from torch import Tensor, nn
 

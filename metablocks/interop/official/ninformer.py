@@ -7,7 +7,7 @@ and ``classifier``) -> metablocks keys: a NiNBlock's shared ``norm`` is our ``ln
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from torch import Tensor, nn
 
