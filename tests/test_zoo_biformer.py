@@ -91,7 +91,7 @@ def test_bra_equals_per_region_reference(n_win: int, topk: int, map_size: tuple[
     torch.manual_seed(0)
     mixer = BiLevelRoutingAttentionConfig(n_win=n_win, topk=topk, head_dim=8).build(
         Context(32, resolution=map_size)).eval()
-    x = torch.randn(2, *map_size, 32)
+    x = torch.randn(2 if n_win < 7 else 1, *map_size, 32)  # samples route apart: two where it is cheap
     with torch.no_grad():
         assert torch.allclose(mixer(x), reference_bra(mixer, x), atol=1e-5)
 
