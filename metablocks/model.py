@@ -245,6 +245,12 @@ class MetaModel(nn.Module):
         new_stages = list(self.recipe.stages)
         for s in stage_ids:
             stage, config = self.stages[s], self.recipe.stages[s]
+            templated = [name for name in dict.fromkeys(config.pattern or [])
+                         if "token_mixer" in config.blocks[name].model_fields_set]
+            if templated:
+                raise _api_error("stages", f"stage {s} takes its token mixers from its block templates "
+                                           f"({', '.join(templated)}): set_token_mixer would not reach them; edit the "
+                                           f"recipe's blocks.{templated[0]}.token_mixer instead")
             block_ids = range(config.depth) if blocks is None else _checked_indices(
                 blocks, config.depth, "blocks", f"stage {s} has depth {config.depth}, so it has")
             mixers = [config.token_mixer[j % len(config.token_mixer)] for j in range(config.depth)]
