@@ -25,18 +25,14 @@ class PatchEmbedConfig(Component):
     changes_width: ClassVar[bool] = True
     norm: Annotated[Component, Ref("norm")] = "batchnorm"
 
-    @staticmethod
-    def stride(ctx: Context) -> int:
-        return getattr(ctx, "stride", 1)  # the stage's stride, in its first block
-
     def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
         out = ctx.out_dim if ctx.out_dim is not None else ctx.dim
-        if self.stride(ctx) == 1 and out == ctx.dim:
+        if ctx.stride == 1 and out == ctx.dim:
             return []
         return [(("norm",), self.norm, Context(out))]
 
     def build(self, ctx: Context) -> nn.Module:
-        return PatchEmbed(ctx.dim, out_dim=ctx.out_dim, stride=self.stride(ctx), norm=self.norm)
+        return PatchEmbed(ctx.dim, out_dim=ctx.out_dim, stride=ctx.stride, norm=self.norm)
 
 
 @register("channel_mixer", "patch_embed", config=PatchEmbedConfig)
