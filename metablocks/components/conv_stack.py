@@ -8,6 +8,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from metablocks.components.acts import inplace_act
 from metablocks.components.conv_arith import conv_out
 from metablocks.components.reparam import fold_bn_into_conv
 from metablocks.fields import Kernel, Padding, Ratio, Stride, Width
@@ -94,7 +95,7 @@ class ConvNormAct(nn.Module):
         self.conv = nn.Conv2d(in_dim, out_dim, layer.kernel_size, stride=layer.stride, padding=layer.pad,
                               groups=in_dim if layer.depthwise else 1, bias=layer.bias)
         self.norm = layer.norm.build(Context(out_dim, layout="channels_first")) if layer.norm else nn.Identity()
-        self.act = layer.act.build() if layer.act else nn.Identity()
+        self.act = inplace_act(layer.act) if layer.act else nn.Identity()  # on the conv/norm's fresh output
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.norm(self.conv(x)))
