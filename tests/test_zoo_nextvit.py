@@ -1,12 +1,17 @@
-"""Next-ViT S/B/L: the components (MHCA, E-MHSA, the per-block patch embedding) equal to timm's modules with the same
-(perturbed) weights, their checks' error texts, and the conv_stack stem that sets its own width."""
+"""Next-ViT S/B/L as recipes: equal to timm (params, strict weight loading, logits with perturbed weights at 224 and
+another size), timm's per-block widths and drop-path rates; the components (MHCA, E-MHSA, the per-block patch
+embedding) equal to timm's modules with the same weights, their checks' error texts, and the conv_stack stem that sets
+its own width."""
 import pytest
 import torch
 
 import metablocks
 from metablocks.components.channel_mixers.patch_embed import PatchEmbed
+from metablocks.interop.families.nextvit import nextvit_key
+from metablocks.interop.timm import load_timm_state_dict
+from metablocks.recipe.errors import RecipeError
 from metablocks.registry import Context, get, load_plugins
-from zoo_timm import perturb
+from zoo_timm import n_params, perturb
 
 timm = pytest.importorskip("timm")
 from timm.models import nextvit as timm_nextvit  # noqa: E402
@@ -14,8 +19,96 @@ from timm.models import nextvit as timm_nextvit  # noqa: E402
 load_plugins()
 
 
+PARAMS = {"nextvit_small": 31_763_368, "nextvit_base": 44_818_856, "nextvit_large": 57_874_344}  # timm's counts
+
+
 def component(kind: str, name: str, **fields):
     return get(kind, name)(**fields)
+
+
+def equal_pair(name: str, **fields) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Our model and timm's, timm's perturbed (norm affines, biases, BN statistics) and loaded into ours strictly."""
+    ours, theirs = metablocks.create_model(name, **fields).eval(), timm.create_model(name, **fields).eval()
+    perturb(theirs)
+    load_timm_state_dict(ours, theirs.state_dict())
+    return ours, theirs
+
+
+@pytest.fixture(scope="module")
+def small() -> tuple[torch.nn.Module, torch.nn.Module]:
+    return equal_pair("nextvit_small", drop_path_rate=0.1)  # drop path: for the rates test; nothing in eval
+
+
+def assert_equal_logits(ours: torch.nn.Module, theirs: torch.nn.Module, name: str, sizes: tuple[int, ...]) -> None:
+    assert ours.recipe.timm_name == name
+    assert n_params(ours) == n_params(theirs) == PARAMS[name]
+    gen = torch.Generator().manual_seed(0)
+    for size in sizes:
+        x = torch.randn(1, 3, size, size, generator=gen)
+        with torch.no_grad():
+            expected, got = theirs(x), ours(x)
+        assert expected.abs().max().item() > 0.1
+        assert (got - expected).abs().max().item() <= 1e-5, size
+
+
+def test_small_equal_to_timm(small) -> None:
+    assert_equal_logits(*small, "nextvit_small", (224, 160))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, sizes", [("nextvit_base", (224, 256)), ("nextvit_large", (224, 200))])
+def test_equal_to_timm(name: str, sizes: tuple[int, ...]) -> None:
+    """200: stage 2 is 25x25, so E-MHSA's runs of 16 tokens leave a remainder (dropped by both)."""
+    assert_equal_logits(*equal_pair(name), name, sizes)
+
+
+def test_widths_blocks_and_drop_path_as_timm(small) -> None:
+    """Per-block widths, NCB/NTB pattern, the NTB's C1 = make_divisible(0.75 C, 32) split, and the drop-path rates
+    (timm's calculate_drop_path_rates(stagewise=True): one linspace over all blocks, split per stage)."""
+    ours, theirs = small
+    assert [[b.dim for b in s.blocks] for s in ours.stages] == theirs.stage_out_chs
+    kinds = [["ntb" if hasattr(b, "projection") else "ncb" for b in s.blocks] for s in ours.stages]
+    assert kinds == [["ntb" if type(b).__name__ == "NextTransformerBlock" else "ncb" for b in s.blocks]
+                     for s in theirs.stages]
+    ntb = ours.stages[3].blocks[2]
+    assert (ntb.norm1.num_features, ntb.projection.conv.out_channels, ntb.norm2.num_features) == (768, 256, 1024)
+    assert [s.blocks[0].patch_embed.conv.stride == (1, 1) and isinstance(s.blocks[0].patch_embed.pool, torch.nn.AvgPool2d)
+            for s in ours.stages] == [False, True, True, True]
+    assert ours.stages[0].blocks[0].patch_embed.conv.in_channels == 64  # the stem's 64 -> 96 in stage 0's first block
+    for stage_ours, stage_theirs in zip(ours.stages, theirs.stages):
+        for a, b in zip(stage_ours.blocks, stage_theirs.blocks):
+            if hasattr(b, "e_mhsa"):
+                assert (a.drop_path2.p, a.mhca.drop_path1.p, a.drop_path4.p) == pytest.approx(
+                    (b.mhsa_drop_path.drop_prob, b.mhca_drop_path.drop_prob, b.mlp_drop_path.drop_prob))
+            elif b.attn_drop_path.drop_prob > 0:
+                assert (a.drop_path2.p, a.drop_path3.p) == pytest.approx(
+                    (b.attn_drop_path.drop_prob, b.mlp_drop_path.drop_prob))
+    assert [i["num_chs"] for i in ours.feature_info] == [i["num_chs"] for i in theirs.feature_info] == [96, 256, 512, 1024]
+    assert ours.pretrained_cfg["crop_pct"] == theirs.pretrained_cfg["crop_pct"] == 0.95
+
+
+def test_timm_key_mapping() -> None:
+    ntb = {"stages.1.blocks.3"}
+    assert nextvit_key("stem.3.norm.running_var", ntb) == "stem.layers.3.norm.running_var"
+    assert nextvit_key("stages.0.blocks.0.patch_embed.conv.weight", ntb) == "stages.0.blocks.0.patch_embed.conv.weight"
+    assert nextvit_key("stages.0.blocks.1.mhca.group_conv3x3.weight", ntb) == "stages.0.blocks.1.token_mixer.group_conv3x3.weight"
+    assert nextvit_key("stages.0.blocks.1.norm.bias", ntb) == "stages.0.blocks.1.norm1.bias"
+    assert nextvit_key("stages.1.blocks.3.e_mhsa.norm.bias", ntb) == "stages.1.blocks.3.token_mixer.norm.bias"
+    assert nextvit_key("stages.1.blocks.3.mhca.projection.weight", ntb) == "stages.1.blocks.3.mhca.token_mixer.projection.weight"
+    assert nextvit_key("stages.1.blocks.3.norm2.weight", ntb) == "stages.1.blocks.3.norm2.weight"
+    assert nextvit_key("norm.running_mean", ntb) == "head.norm.running_mean"
+    assert nextvit_key("head.fc.weight", ntb) == "head.fc.weight"
+
+
+def test_recipe_mistakes_are_located() -> None:
+    with pytest.raises(RecipeError) as err:  # stage 1 is 2x2: E-MHSA's runs of sr^2 = 16 tokens do not fit
+        metablocks.load_recipe("nextvit_small", {"img_size": 16})
+    assert "stages[1].blocks.ntb.token_mixer: token_mixer 'e_mhsa': sr_ratio=4 pools runs of 16 tokens, more than the 2x2 " \
+           "map has" in str(err.value)
+    with pytest.raises(RecipeError) as err:  # 250 wide: C1 = 192 for attention, 58 left for MHCA's 32-wide groups
+        metablocks.load_recipe("nextvit_small", {"stages[1].dim": [192, 192, 192, 250]})
+    assert "stages[1].blocks.ntb.slots.mhca.token_mixer: token_mixer 'mhca': dim=58 is not divisible by head_dim=32" \
+        in str(err.value)
 
 
 @pytest.mark.parametrize("dim", [64, 96, 256])
