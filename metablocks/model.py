@@ -36,18 +36,22 @@ class Stage(nn.Module):
                  index: int) -> None:
         super().__init__()
         self.grad_checkpointing = False
-        self.downsample = (config.downsample.build(Context(in_dim, out_dim=config.dim, resolution=resolution, stage=index))
+        self.in_dim, self.in_resolution = in_dim, resolution
+        self.downsample = (config.downsample.build(Context(in_dim, out_dim=config.block_dim(0), resolution=resolution,
+                                                           stage=index))
                            if config.downsample is not None else nn.Identity())
         if config.downsample is not None:
             resolution = config.downsample.out_resolution(resolution)
-        self.resolution = resolution
         layout: Layout = "channels_first"
-        blocks = []
+        blocks, stride = [], config.stride
+        dim = config.block_dim(0) if config.downsample is not None else in_dim
         for j in range(config.depth):
             block_config = config.block(j)
             layout = block_config.stream_layout(layout)
-            blocks.append(Block(config.dim, block_config, resolution=resolution, drop_path=drop_path[j],
-                                io_layout=layout, stage=index, block=j))
+            blocks.append(Block(config.block_dim(j), block_config, resolution=resolution, drop_path=drop_path[j],
+                                io_layout=layout, stage=index, block=j, in_dim=dim, stride=stride if j == 0 else 1))
+            resolution, dim = blocks[-1].out_resolution or resolution, config.block_dim(j)
+        self.resolution = resolution  # of the stage's output map
         self.blocks = nn.Sequential(*blocks)
         self.plan_permutes()
 
@@ -90,7 +94,10 @@ class MetaModel(nn.Module):
         self.stem = recipe.stem.build(Context(recipe.in_chans, out_dim=first, resolution=recipe.img_size))
         resolution = recipe.stem.out_resolution(recipe.img_size)
         depths = [stage.depth for stage in recipe.stages]
-        rates = torch.linspace(0, recipe.drop_path_rate, sum(depths), device="cpu").split(depths)  # cpu: also under torch.device("meta")
+        rates = list(torch.linspace(0, recipe.drop_path_rate, sum(depths), device="cpu").split(depths))  # cpu: also under torch.device("meta")
+        for i, stage in enumerate(recipe.stages):  # a stage with its own schedule (CvT): linspace(0, rate, depth)
+            if stage.drop_path_rate is not None:
+                rates[i] = torch.linspace(0, stage.drop_path_rate, stage.depth, device="cpu")
         stages, dim, self.feature_info = [], first, []
         reduction = recipe.img_size[0] / resolution[0]
         # feature levels: the output of each stage; an isotropic model (one stage: MLP-Mixer, ViT-like) has one per
@@ -99,7 +106,7 @@ class MetaModel(nn.Module):
         for i, stage in enumerate(recipe.stages):
             stages.append(Stage(dim, stage, resolution=resolution, drop_path=rates[i].tolist(), index=i))
             reduction *= resolution[0] / stages[-1].resolution[0]
-            resolution, dim = stages[-1].resolution, stage.dim
+            resolution, dim = stages[-1].resolution, stage.out_dim
             modules = [f"stages.{i}.blocks.{j}" for j in range(stage.depth)] if self.isotropic else [f"stages.{i}"]
             self.feature_info += [dict(num_chs=dim, reduction=round(reduction), module=m) for m in modules]
         self.stages = nn.Sequential(*stages)
@@ -107,7 +114,7 @@ class MetaModel(nn.Module):
         self.head = recipe.head.build(Context(dim, out_dim=recipe.num_classes, resolution=resolution))
         self.head_hidden_size = getattr(self.head, "hidden_size", dim)  # the width forward_head(pre_logits=True) gives
         self.fixed_resolution = any(getattr(type(c), "fixed_resolution", False)
-                                    for s in recipe.stages for c in (*s.token_mixer, *s.channel_mixer))
+                                    for s in recipe.stages for c in s.components())
         self.apply(_init_weights)
         self.pretrained_cfg = pretrained_cfg(self)
 
@@ -254,7 +261,8 @@ class MetaModel(nn.Module):
                     update["layout"] = layout  # the new mixer would move the stream: pin the old layout
             new_stages[s] = config.model_copy(update=update)
             _check_stage(new_stages[s], stage.resolution, s)
-            rebuilt = Stage(config.dim, new_stages[s], resolution=stage.resolution, drop_path=[0.0] * config.depth, index=s)
+            rebuilt = Stage(stage.in_dim, new_stages[s], resolution=stage.in_resolution, drop_path=[0.0] * config.depth,
+                            index=s)
             rebuilt.apply(_init_weights)
             reshaped, fresh = [], []
             for j, (old, new) in enumerate(zip(stage.blocks, rebuilt.blocks)):
@@ -342,7 +350,7 @@ def pretrained_cfg(model: "MetaModel") -> dict[str, Any]:
 
 
 def _check_stage(config: StageConfig, resolution: tuple[int, int], index: int) -> None:
-    ctx = Context(config.dim, resolution=resolution, stage=index)
+    ctx = Context(config.block_dim(0), resolution=resolution, stage=index)
     problems = [p for c in config.token_mixer for p in component_problems(c, ctx, ("token_mixer",), None)]
     if problems:
         raise RecipeError(problems)
