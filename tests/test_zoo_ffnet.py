@@ -4,7 +4,7 @@ model; the README's counts and MACs are those of the re-parameterized model, whi
 RepVGG depthwise conv and the merging downsample by hand; the error texts of the new components.
 
 With ``FFNET_OFFICIAL=/path/to/FFNet`` (a checkout of the official repository) the official model is also built here
-and our logits are compared with its logits, weight for weight (measured: max abs diff 0.0 for ffnet_1 and ffnet_3).
+and our logits are compared with its logits, weight for weight (measured: max abs diff 0.0 for ffnet_1, ffnet_3 and ffnet_1 with use_ses).
 """
 import copy
 import json
@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from zoo_timm import n_params, perturb
 
 import metablocks
 from metablocks.components.repvgg_merging import RepVGGMerging
@@ -26,8 +27,6 @@ from metablocks.interop.timm import load_timm_state_dict
 from metablocks.recipe.errors import RecipeError
 from metablocks.registry import Context, get
 
-from zoo_timm import n_params, perturb
-
 MANIFEST = json.loads((Path(__file__).parent / "data" / "ffnet_official_keys.json").read_text())
 SIZES = {  # recipe: (official parameters, re-parameterized parameters, README (params_m, macs_g, top1) @256)
     "ffnet_1": (13_775_656, 13_660_152, (13.7, 2.9, 81.3)),
@@ -36,9 +35,20 @@ SIZES = {  # recipe: (official parameters, re-parameterized parameters, README (
 }
 
 
-def on_meta(name: str, **kwargs) -> nn.Module:
+# The official use_ses (False in FFNet-1/2/3): a squeeze-excite step after the token mixer of every even block, a plain
+# branch of the block grammar in a template that the stages cycle with the plain block.
+SE_RECIPE = {
+    "extends": "ffnet_1.yaml", "name": "ffnet_1_se",
+    "blocks": {"ff_se": {"slots": {"se": {"type": "squeeze_excite", "ratio": 0.25, "round_to": 8}},
+                         "branches": [["token_mixer"], {"path": ["se"], "kind": "plain"}, ["channel_mixer"]]},
+               "ff": {}},
+    "stages": {i: {"pattern": ["ff_se", "ff"]} for i in range(4)},
+}
+
+
+def on_meta(name, **kwargs) -> nn.Module:
     with torch.device("meta"):
-        return metablocks.create_model(name, **kwargs)
+        return metablocks.build_model(SE_RECIPE) if name == "ffnet_1_se" else metablocks.create_model(name, **kwargs)
 
 
 def perturbed(model: nn.Module) -> nn.Module:
@@ -62,7 +72,7 @@ def test_params_equal_the_official_code_and_the_recipe_records_the_readme(name: 
 
 
 def test_the_readme_counts_the_reparameterized_model() -> None:
-    for name, (official, deployed, (params_m, _, _)) in SIZES.items():
+    for official, deployed, (params_m, _, _) in SIZES.values():
         assert round(deployed / 1e6, 1) == params_m and deployed < official
     model = perturbed(metablocks.create_model("ffnet_1"))
     x = torch.randn(1, 3, 256, 256)
@@ -89,7 +99,16 @@ def test_deploy_equals_the_training_form(name: str) -> None:
     assert n_params(model) == SIZES[name][1] and (before - after).abs().max().item() <= 1e-4
 
 
-@pytest.mark.parametrize("name", ["ffnet_1", "ffnet_3"])
+def test_squeeze_excite_variant_is_a_plain_step_in_every_even_block() -> None:
+    model = on_meta("ffnet_1_se")
+    assert n_params(model) == MANIFEST["params"]["ffnet_1_se"] == 14_204_600
+    assert [[hasattr(b, "se") for b in s.blocks] for s in model.stages] == [[True, False]] * 2 + [[True, False] * 4,
+                                                                                            [True, False]]
+    se = model.stages[0].blocks[0].se
+    assert (se.down.out_channels, model.stages[1].blocks[0].se.down.out_channels) == (24, 40)  # timm: 80/4 -> 24
+
+
+@pytest.mark.parametrize("name", ["ffnet_1", "ffnet_3", "ffnet_1_se"])
 def test_converter_maps_the_official_state_dict_onto_ours(name: str) -> None:
     theirs = {k: torch.empty(shape, device="meta") for k, shape in MANIFEST["keys"][name].items()}
     converted = convert_ffnet(theirs)
@@ -144,15 +163,15 @@ def test_repvgg_dw_and_merging_fuse_to_the_same_function() -> None:
     assert merging.dw.conv.conv.groups == 8 and merging.dw.conv.conv.weight.shape == (16, 1, 7, 7)
 
 
-def test_squeeze_excite_hidden_width_is_timms() -> None:
+def test_squeeze_excite_equals_timms_at_the_ffnet_widths() -> None:
+    """The official SqueezeExcite(dim, 0.25) is timm's SEModule (hidden make_divisible(dim / 4, 8, round_limit=0))."""
     import timm.layers
 
-    for dim in (80, 88, 96, 128, 100):
-        ours = get("channel_mixer", "squeeze_excite")().build(Context(dim))
+    for dim in (80, 160, 320, 640, 88, 176, 352, 704, 96, 192, 384, 768):
+        ours = get("channel_mixer", "squeeze_excite")(ratio=0.25, round_to=8).build(Context(dim))
         theirs = timm.layers.SqueezeExcite(dim, 0.25)
-        assert ours.fc1.weight.shape == theirs.fc1.weight.shape
-        ours.load_state_dict(theirs.state_dict())
-        x = torch.randn(2, dim, 5, 5)
+        ours.load_state_dict({k.replace("fc1", "down").replace("fc2", "up"): v for k, v in theirs.state_dict().items()})
+        x = torch.randn(2, dim, 3, 3)
         assert torch.equal(ours(x), theirs(x))
 
 
@@ -210,12 +229,13 @@ def official_module():
 
 
 @pytest.mark.skipif(not OFFICIAL, reason="set FFNET_OFFICIAL to a checkout of ysj9909/FFNet")
-@pytest.mark.parametrize("name", ["ffnet_1", "ffnet_3"])
+@pytest.mark.parametrize("name", ["ffnet_1", "ffnet_3", "ffnet_1_se"])
 def test_logits_equal_the_official_model(name: str) -> None:
-    theirs = perturbed(getattr(official_module(), name)())
+    extra = {"use_ses": [True] * 4} if name == "ffnet_1_se" else {}
+    theirs = perturbed(getattr(official_module(), name.removesuffix("_se"))(**extra))
     assert {k: list(v.shape) for k, v in theirs.state_dict().items()} == MANIFEST["keys"][name]
-    ours = load_timm_state_dict(metablocks.create_model(name).eval(), copy.deepcopy(theirs.state_dict()),
-                                timm_name="ffnet")
+    ours = metablocks.build_model(SE_RECIPE) if name == "ffnet_1_se" else metablocks.create_model(name)
+    ours = load_timm_state_dict(ours.eval(), copy.deepcopy(theirs.state_dict()), timm_name="ffnet")
     x = torch.randn(2, 3, 256, 256)
     with torch.no_grad():
         expected, got = theirs(x), ours(x)

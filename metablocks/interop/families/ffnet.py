@@ -36,7 +36,8 @@ _RENAMES = [
     (r"\.token_mixer\.0\.layer_scale$", ".layer_scale1.scale"),
     (r"\.channel_mixer\.layer_scale$", ".layer_scale2.scale"),
     (r"\.token_mixer\.0\.main\.", ".token_mixer."),
-    (r"\.token_mixer\.1\.", ".se."),  # the squeeze-excite step (use_ses)
+    (r"\.token_mixer\.1\.fc1\.", ".se.down."),  # the squeeze-excite step (use_ses): timm's SqueezeExcite
+    (r"\.token_mixer\.1\.fc2\.", ".se.up."),
     (r"\.channel_mixer\.main\.conv\.(c|bn)\.", r".channel_mixer.conv.conv.\1."),  # a bare conv-BN: repvgg_dw without small
     (r"\.channel_mixer\.main\.", ".channel_mixer."),
     (r"(\.token_mixer\.conv[12])\.(weight|bias)$", r"\1.conv.\2"),  # a bare depthwise conv: dwconv
