@@ -50,11 +50,12 @@ class Seq(nn.Module):
         self.parts = nn.ModuleList(parts)
         self.perms = [list(p) for p in perms]
         self.out_perm = list(out_perm)
+        self.same_layout = not any(self.perms) and not self.out_perm
 
     def forward(self, x: Tensor) -> Tensor:
         for i, part in enumerate(self.parts):
-            x = part(permuted(x, self.perms[i]))
-        return permuted(x, self.out_perm)
+            x = part(x if self.same_layout else permuted(x, self.perms[i]))
+        return x if self.same_layout else permuted(x, self.out_perm)
 
 
 register("token_mixer", "seq", config=SeqConfig)(Seq)

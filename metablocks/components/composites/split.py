@@ -112,12 +112,16 @@ class Split(nn.Module):
         self.axis = 3 if channels_last else 1
         self.perms_in = [list(p) for p in perms]  # into each part's own layout ([]: none)
         self.perms_out = [[p.index(d) for d in range(len(p))] for p in self.perms_in]  # and back
+        self.same_layout = not any(self.perms_in)
 
     def forward(self, x: Tensor) -> Tensor:
         pieces = x.split(self.widths, dim=self.axis)
         outs: list[Tensor] = []
         for i, part in enumerate(self.parts):
-            outs.append(permuted(part(permuted(pieces[i], self.perms_in[i])), self.perms_out[i]))
+            if self.same_layout:  # no permute anywhere: the plain loop (batch 1 is bound by Python's overhead)
+                outs.append(part(pieces[i]))
+            else:
+                outs.append(permuted(part(permuted(pieces[i], self.perms_in[i])), self.perms_out[i]))
         return torch.cat(outs, dim=self.axis)
 
     def extra_repr(self) -> str:
