@@ -11,9 +11,10 @@ what a *combination* of fields costs (parameters, activations) is bounded by ``m
 """
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, Strict
+from pydantic import Field, GetCoreSchemaHandler, Strict, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError, core_schema
 
 MAX_WIDTH = 65_536  # channels of any layer (the widest published layers have ~12k)
 MAX_KERNEL = 255  # a kernel's side (RepLKNet's largest is 31, SLaK's 51)
@@ -54,3 +55,29 @@ Scale = Annotated[float, Field(ge=-MAX_SCALE, le=MAX_SCALE, allow_inf_nan=False)
 def width_problems(ratio: float, dim: int, field: str = "ratio") -> list[str]:
     """The check of a width multiplier: ``int(ratio * dim)`` must leave at least one channel."""
     return [] if int(ratio * dim) >= 1 else [f"{field}={ratio} leaves no channels at dim={dim} (int({ratio} x {dim}) = 0)"]
+
+
+class _WidthOrWidths:
+    """Schema of ``Widths``: one width, or a list of them (validated as one or the other, so an error names the
+    value's own problem, not both alternatives)."""
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        one, many = TypeAdapter(Width), TypeAdapter(Annotated[list[Width], Field(min_length=1, max_length=10_000)])
+
+        def validate(value: Any) -> Any:
+            try:
+                return many.validate_python(value) if isinstance(value, list) else one.validate_python(value)
+            except ValidationError as err:
+                first = err.errors(include_url=False)[0]
+                where = "".join(f"[{i}]" for i in first["loc"] if isinstance(i, int))
+                raise PydanticCustomError(first["type"], "{where}{message}",
+                                          {"where": f"{where}: " if where else "", "message": first["msg"]}) from None
+
+        return core_schema.no_info_plain_validator_function(
+            validate, json_schema_input_schema=core_schema.union_schema(
+                [core_schema.int_schema(ge=1, le=MAX_WIDTH), core_schema.list_schema(core_schema.int_schema(ge=1, le=MAX_WIDTH),
+                                                                                     min_length=1)]))
+
+
+Widths = Annotated[int | list[int], _WidthOrWidths()]
+"""One width, or one per block (a list that the blocks cycle through: Next-ViT's widths inside a stage)."""

@@ -10,7 +10,7 @@ torch.fx and TorchScript read ``MetaModel.forward``'s annotations as types, so t
 ``from __future__ import annotations``).
 """
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -25,8 +25,7 @@ from metablocks.recipe.schema import Recipe, StageConfig
 from metablocks.registry import Component, Context, Layout
 from metablocks.tracing import fx_tracing
 
-if TYPE_CHECKING:
-    from metablocks.features import FeatureExtractor
+from metablocks.features import FeatureExtractor, feature_take_indices, stage_block_outputs
 
 
 class Stage(nn.Module):
@@ -36,18 +35,22 @@ class Stage(nn.Module):
                  index: int) -> None:
         super().__init__()
         self.grad_checkpointing = False
-        self.downsample = (config.downsample.build(Context(in_dim, out_dim=config.dim, resolution=resolution, stage=index))
+        self.in_dim, self.in_resolution = in_dim, resolution
+        self.downsample = (config.downsample.build(Context(in_dim, out_dim=config.block_dim(0), resolution=resolution,
+                                                           stage=index))
                            if config.downsample is not None else nn.Identity())
         if config.downsample is not None:
             resolution = config.downsample.out_resolution(resolution)
-        self.resolution = resolution
         layout: Layout = "channels_first"
-        blocks = []
+        blocks, stride = [], config.stride
+        dim = config.block_dim(0) if config.downsample is not None else in_dim
         for j in range(config.depth):
             block_config = config.block(j)
             layout = block_config.stream_layout(layout)
-            blocks.append(Block(config.dim, block_config, resolution=resolution, drop_path=drop_path[j],
-                                io_layout=layout, stage=index, block=j))
+            blocks.append(Block(config.block_dim(j), block_config, resolution=resolution, drop_path=drop_path[j],
+                                io_layout=layout, stage=index, block=j, in_dim=dim, stride=stride if j == 0 else 1))
+            resolution, dim = blocks[-1].out_resolution or resolution, config.block_dim(j)
+        self.resolution = resolution  # of the stage's output map
         self.blocks = nn.Sequential(*blocks)
         self.plan_permutes()
 
@@ -90,7 +93,10 @@ class MetaModel(nn.Module):
         self.stem = recipe.stem.build(Context(recipe.in_chans, out_dim=first, resolution=recipe.img_size))
         resolution = recipe.stem.out_resolution(recipe.img_size)
         depths = [stage.depth for stage in recipe.stages]
-        rates = torch.linspace(0, recipe.drop_path_rate, sum(depths), device="cpu").split(depths)  # cpu: also under torch.device("meta")
+        rates = list(torch.linspace(0, recipe.drop_path_rate, sum(depths), device="cpu").split(depths))  # cpu: also under torch.device("meta")
+        for i, stage in enumerate(recipe.stages):  # a stage with its own schedule (CvT): linspace(0, rate, depth)
+            if stage.drop_path_rate is not None:
+                rates[i] = torch.linspace(0, stage.drop_path_rate, stage.depth, device="cpu")
         stages, dim, self.feature_info = [], first, []
         reduction = recipe.img_size[0] / resolution[0]
         # feature levels: the output of each stage; an isotropic model (one stage: MLP-Mixer, ViT-like) has one per
@@ -99,7 +105,7 @@ class MetaModel(nn.Module):
         for i, stage in enumerate(recipe.stages):
             stages.append(Stage(dim, stage, resolution=resolution, drop_path=rates[i].tolist(), index=i))
             reduction *= resolution[0] / stages[-1].resolution[0]
-            resolution, dim = stages[-1].resolution, stage.dim
+            resolution, dim = stages[-1].resolution, stage.out_dim
             modules = [f"stages.{i}.blocks.{j}" for j in range(stage.depth)] if self.isotropic else [f"stages.{i}"]
             self.feature_info += [dict(num_chs=dim, reduction=round(reduction), module=m) for m in modules]
         self.stages = nn.Sequential(*stages)
@@ -107,7 +113,7 @@ class MetaModel(nn.Module):
         self.head = recipe.head.build(Context(dim, out_dim=recipe.num_classes, resolution=resolution))
         self.head_hidden_size = getattr(self.head, "hidden_size", dim)  # the width forward_head(pre_logits=True) gives
         self.fixed_resolution = any(getattr(type(c), "fixed_resolution", False)
-                                    for s in recipe.stages for c in (*s.token_mixer, *s.channel_mixer))
+                                    for s in recipe.stages for c in s.components())
         self.apply(_init_weights)
         self.pretrained_cfg = pretrained_cfg(self)
 
@@ -239,6 +245,12 @@ class MetaModel(nn.Module):
         new_stages = list(self.recipe.stages)
         for s in stage_ids:
             stage, config = self.stages[s], self.recipe.stages[s]
+            templated = [name for name in dict.fromkeys(config.pattern or [])
+                         if "token_mixer" in config.blocks[name].model_fields_set]
+            if templated:
+                raise _api_error("stages", f"stage {s} takes its token mixers from its block templates "
+                                           f"({', '.join(templated)}): set_token_mixer would not reach them; edit the "
+                                           f"recipe's blocks.{templated[0]}.token_mixer instead")
             block_ids = range(config.depth) if blocks is None else _checked_indices(
                 blocks, config.depth, "blocks", f"stage {s} has depth {config.depth}, so it has")
             mixers = [config.token_mixer[j % len(config.token_mixer)] for j in range(config.depth)]
@@ -254,7 +266,8 @@ class MetaModel(nn.Module):
                     update["layout"] = layout  # the new mixer would move the stream: pin the old layout
             new_stages[s] = config.model_copy(update=update)
             _check_stage(new_stages[s], stage.resolution, s)
-            rebuilt = Stage(config.dim, new_stages[s], resolution=stage.resolution, drop_path=[0.0] * config.depth, index=s)
+            rebuilt = Stage(stage.in_dim, new_stages[s], resolution=stage.in_resolution, drop_path=[0.0] * config.depth,
+                            index=s)
             rebuilt.apply(_init_weights)
             reshaped, fresh = [], []
             for j, (old, new) in enumerate(zip(stage.blocks, rebuilt.blocks)):
@@ -288,33 +301,6 @@ def _checked_indices(indices: Iterable[int], count: int, what: str, owner: str) 
                                f"from the end); out of range: {', '.join(map(str, bad))}")
     return sorted({i % count for i in indices})
 
-def stage_block_outputs(stage: Stage, x: Tensor) -> Iterator[Tensor]:
-    """The (B, C, H, W) output of each block of ``stage`` in turn (the feature levels of an isotropic model)."""
-    x = stage.downsample(x)
-    for perm, block in zip(stage._perms, stage.blocks):
-        x = block(x.permute(perm) if perm else x)
-        back = permutation(block.io_layout, "channels_first")
-        yield x.permute(back) if back else x
-
-
-def feature_take_indices(count: int, indices: int | Iterable[int] | None, name: str) -> list[int]:
-    """timm's feature indices: None -> all ``count`` levels, n -> the last n, a list -> those (negative from the end)."""
-    if indices is None:
-        return list(range(count))
-    if isinstance(indices, int):
-        if not 0 < indices <= count:
-            raise ValueError(f"indices={indices}: {name} has {count} feature levels, so the last n takes n in 1..{count}")
-        return list(range(count - indices, count))
-    taken = []
-    for i in indices:
-        if not -count <= i < count:
-            raise ValueError(f"indices: {name} has {count} feature levels ({-count}..{count - 1}), got {i}")
-        taken.append(i % count)
-    if not taken:
-        raise ValueError(f"indices: no feature level given; {name} has {count} ({-count}..{count - 1})")
-    return sorted(set(taken))
-
-
 def _module_names(module: nn.Module, prefix: str, kinds: tuple[type, ...]) -> list[str]:
     return [f"{prefix}.{name}" for name, m in module.named_modules() if name and isinstance(m, kinds)]
 
@@ -342,7 +328,7 @@ def pretrained_cfg(model: "MetaModel") -> dict[str, Any]:
 
 
 def _check_stage(config: StageConfig, resolution: tuple[int, int], index: int) -> None:
-    ctx = Context(config.dim, resolution=resolution, stage=index)
+    ctx = Context(config.block_dim(0), resolution=resolution, stage=index)
     problems = [p for c in config.token_mixer for p in component_problems(c, ctx, ("token_mixer",), None)]
     if problems:
         raise RecipeError(problems)
@@ -494,6 +480,4 @@ def create_model(model_name: str, pretrained: bool = False, *, features_only: bo
         load_pretrained(model, checkpoint_path, strict=True)
     if not features_only:
         return model
-    from metablocks.features import FeatureExtractor
-
     return FeatureExtractor(model, out_indices)

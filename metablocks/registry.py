@@ -37,7 +37,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, core_schema
 from torch import nn
 
-KINDS: tuple[str, ...] = ("token_mixer", "channel_mixer", "norm", "act", "stem", "downsample", "head")
+KINDS: tuple[str, ...] = ("token_mixer", "channel_mixer", "norm", "act", "stem", "downsample", "head", "shortcut")
+SLOT_KINDS: tuple[str, ...] = ("token_mixer", "channel_mixer", "norm", "act")  # what a block's named slot may hold
 Layout = Literal["channels_first", "channels_last", "any"]
 
 
@@ -51,6 +52,8 @@ class Context:
     layout: Layout = "channels_first"  # the layout a layout-agnostic ("any") component is built for
     stage: int | None = None
     block: int | None = None
+    stride: int = 1  # a block's transition: the stride the component that changes the map carries (blocks.py)
+    drop_path: float = 0.0  # the block's drop-path rate (a composite that holds a whole block passes it on)
 
     @property
     def channels_last(self) -> bool:
@@ -74,6 +77,10 @@ class Component(BaseModel):
     # fields added after recipes were published: left out of dumps (and so of model_id) while at their default
     omit_when_default: ClassVar[frozenset[str]] = frozenset()
     takes_vector: ClassVar[bool] = False  # works on a pooled (B, C) vector as it is (LayerNorm); else shown a 1x1 map
+    # can carry a block's transition (a width change ``ctx.dim -> ctx.out_dim`` and a stride ``ctx.stride``): None
+    # derives it from the module's signature (an ``out_dim`` or ``in_dim`` parameter, and ``stride``); a config
+    # that builds its module itself and reads ``ctx.out_dim``/``ctx.stride`` sets True
+    changes_width: ClassVar[bool | None] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -123,8 +130,25 @@ class Component(BaseModel):
         """Spatial size out of the module for ``resolution`` in."""
         return resolution
 
+    @classmethod
+    def can_change(cls, stride: int = 1) -> bool:
+        """Can this component carry a block's transition (a width change, and ``stride`` when it is > 1)?"""
+        if cls.changes_width is not None:
+            return cls.changes_width
+        takes = {arg for arg in ("out_dim", "in_dim", "stride") if _takes(cls.module, arg) and arg not in cls.model_fields}
+        return bool(takes & {"out_dim", "in_dim"}) and (stride == 1 or "stride" in takes)
+
     def build(self, ctx: Context) -> nn.Module:
-        extra = {"channels_last": ctx.channels_last} if type(self).layout == "any" and _takes(self.module, "channels_last") else {}
+        extra: dict[str, Any] = ({"channels_last": ctx.channels_last}
+                                 if type(self).layout == "any" and _takes(self.module, "channels_last") else {})
+        changed = ctx.out_dim is not None and ctx.out_dim != ctx.dim or ctx.stride != 1
+        if changed and type(self).changes_width is None:  # a transition: ``module(in, out_dim=, stride=)`` or
+            if ctx.stride != 1:                           # ``module(out, in_dim=, stride=)`` (bottleneck's order)
+                extra["stride"] = ctx.stride
+            out_dim = ctx.out_dim if ctx.out_dim is not None else ctx.dim
+            if _takes(self.module, "out_dim") and "out_dim" not in type(self).model_fields:
+                return self.module(ctx.dim, out_dim=out_dim, **self.kwargs(), **extra)
+            return self.module(out_dim, in_dim=ctx.dim, **self.kwargs(), **extra)
         return self.module(ctx.dim, **self.kwargs(), **extra)
 
 
@@ -373,16 +397,22 @@ class Ref:
     Accepts a registered name or a mapping with ``type:``, validates it with that component's config
     at validation time (so components registered later are valid at once), and in the JSON Schema
     expands to the union of every registered config of the kind, discriminated by ``type``.
+
+    ``Ref(("token_mixer", "channel_mixer", ...))`` takes a component of any of those kinds (a block's named slot): the
+    ``type`` is looked up in each, and a name registered under several needs ``kind:`` beside it.
     """
 
-    def __init__(self, kind: str) -> None:
-        if kind not in KINDS:
-            raise RegistryError(f"unknown component kind {kind!r}; kinds are: {', '.join(KINDS)}")
-        self.kind = kind
+    def __init__(self, kind: str | tuple[str, ...]) -> None:
+        kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+        for k in kinds:
+            if k not in KINDS:
+                raise RegistryError(f"unknown component kind {k!r}; kinds are: {', '.join(KINDS)}")
+        self.kinds = kinds
+        self.kind = " or ".join(kinds)
 
     def validate(self, value: Any) -> Component:
         if isinstance(value, Component):
-            if value.kind != self.kind:
+            if value.kind not in self.kinds:
                 raise PydanticCustomError("component_kind", "expected a {kind}, got the {given} {name}",
                                           {"kind": self.kind, "given": value.kind, "name": repr(value.name)})
             return value
@@ -391,32 +421,70 @@ class Ref:
         if not isinstance(value, dict):
             raise PydanticCustomError("component_type", "expected a {kind} name or a mapping with 'type:', got {given}",
                                       {"kind": self.kind, "given": type(value).__name__})
+        load_plugins()
+        kinds = self.kinds
+        if len(kinds) > 1 and "kind" in value:
+            given_kind = value["kind"]
+            if given_kind not in kinds:
+                raise PydanticCustomError("component_kind", "kind {given} is not allowed here; allowed: {allowed}",
+                                          {"given": repr(given_kind), "allowed": ", ".join(kinds)})
+            kinds, value = (given_kind,), {k: v for k, v in value.items() if k != "kind"}
         if "type" not in value:
             raise PydanticCustomError("component_missing_type", "a {kind} needs 'type:'; allowed: {allowed}",
-                                      {"kind": self.kind, "allowed": ", ".join(names(self.kind))})
+                                      {"kind": self.kind, "allowed": ", ".join(self._names(kinds))})
         name = value["type"]
-        load_plugins()
-        if not isinstance(name, str) or name not in _REGISTRY[self.kind]:
-            hint = did_you_mean(str(name), names(self.kind))
+        found = [k for k in kinds if isinstance(name, str) and name in _REGISTRY[k]]
+        if len({_REGISTRY[k][name].module for k in found}) == 1:
+            found = found[:1]  # one component registered under several kinds (the block composite): no ambiguity
+        if not found:
+            allowed = self._names(kinds)
+            hint = did_you_mean(str(name), allowed)
             raise PydanticCustomError("unknown_component", "unknown {kind} {given}{hint}; allowed: {allowed}{plugins}",
-                                      {"kind": self.kind, "given": repr(name), "hint": hint,
-                                       "allowed": ", ".join(names(self.kind)),
-                                       "plugins": "" if hint else f" ({PLUGIN_HINT})"})
+                                      {"kind": " or ".join(kinds), "given": repr(name), "hint": hint,
+                                       "allowed": ", ".join(allowed), "plugins": "" if hint else f" ({PLUGIN_HINT})"})
+        if len(found) > 1:
+            raise PydanticCustomError("ambiguous_component", "{given} is a {kinds}: say which with kind: {first}",
+                                      {"given": repr(name), "kinds": " and a ".join(found), "first": found[0]})
         try:
-            return _REGISTRY[self.kind][name].model_validate(value)
+            return _REGISTRY[found[0]][name].model_validate(value)
         except ValidationError as err:
             raise PydanticCustomError("invalid_component", "invalid {kind} {name}",
-                                      {"kind": self.kind, "name": repr(name), "errors": err.errors(include_url=False)}) from None
+                                      {"kind": found[0], "name": repr(name), "errors": err.errors(include_url=False)}) from None
+
+    @staticmethod
+    def _names(kinds: tuple[str, ...]) -> list[str]:
+        return sorted({n for k in kinds for n in names(k)})
+
+    def serialize(self, value: Any) -> Any:
+        if not isinstance(value, Component):
+            return value
+        dumped = value.dump()
+        if len(self.kinds) > 1 and len({_REGISTRY[k][value.name].module for k in self.kinds if value.name in _REGISTRY[k]}) > 1:
+            return {"kind": value.kind, **dumped}  # the name alone would not say which
+        return dumped
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         return core_schema.no_info_plain_validator_function(
-            self.validate, serialization=core_schema.plain_serializer_function_ser_schema(
-                lambda v: v.dump() if isinstance(v, Component) else v, when_used="always"))
+            self.validate, serialization=core_schema.plain_serializer_function_ser_schema(self.serialize, when_used="always"))
+
+    _in_progress: ClassVar[set[str]] = set()  # kinds whose schema is being written (a block component holds mixers)
 
     def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
-        choices = {cfg.name: cfg.__pydantic_core_schema__ for cfg in configs(self.kind)}
+        if self.kind in Ref._in_progress:  # a component inside a component of its own kind: named, not expanded again
+            return {"anyOf": [{"type": "string", "description": f"a {self.kind} by name"},
+                              {"type": "object", "required": ["type"], "description": f"a {self.kind} (see above)"}]}
+        Ref._in_progress.add(self.kind)
+        try:
+            return self._json_schema(schema, handler)
+        finally:
+            Ref._in_progress.discard(self.kind)
+
+    def _json_schema(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        if len(self.kinds) > 1:
+            return {"anyOf": [Ref(k).__get_pydantic_json_schema__(schema, handler) for k in self.kinds]}
+        choices = {cfg.name: cfg.__pydantic_core_schema__ for cfg in configs(self.kinds[0])}
         union = handler(core_schema.tagged_union_schema(choices, discriminator="type"))  # type: ignore[arg-type]
-        for cfg in configs(self.kind):  # each choice: ``type`` is required here, titled and described as the component
+        for cfg in configs(self.kinds[0]):  # each choice: ``type`` is required here, titled and described as the component
             entry = handler.resolve_ref_schema({"$ref": union["discriminator"]["mapping"][cfg.name]})
             entry["title"] = f"{cfg.name} ({self.kind})"
             entry["required"] = ["type", *(name for name in entry.get("required", []) if name != "type")]

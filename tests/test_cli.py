@@ -186,7 +186,7 @@ def test_schema_validates_recipes() -> None:
                   {"block": {"token_mixer": {"type": "poolin"}}},  # unknown component
                   {"block": {"token_mixer": {"type": "cli_test_roll", "shift": "two"}}},  # wrong field type
                   {"block": {"token_mixer": {"type": "pooling", "kernel_size": 3}}},  # a field of another component
-                  {"stages": [{"depth": 0, "dim": 64}]}):  # out of range
+                  {"stages": [{"depth": -1, "dim": 64}]}):  # out of range
         assert list(check_editor.iter_errors(wrong)), wrong
     assert list(check_strict.iter_errors({"name": "x", "stem": "conv", "stages": [{"dim": 64}]}))  # depth missing
 

@@ -67,7 +67,7 @@ def test_component_without_type(tmp_path: Path) -> None:
 
 
 def test_several_mistakes_are_reported_at_once(tmp_path: Path) -> None:
-    text = BASE.replace("{depth: 1, dim: 16}", "{depth: 0, dim: 16}").replace("token_mixer: pooling", "token_mixer: pool")
+    text = BASE.replace("{depth: 1, dim: 16}", "{depth: -1, dim: 16}").replace("token_mixer: pooling", "token_mixer: pool")
     msg = error_of(text, tmp_path)
     assert "2 problems" in msg and "stages[0].depth" in msg and "unknown token_mixer 'pool'" in msg
 

@@ -223,7 +223,7 @@ def test_check_that_raises_is_a_located_problem():
 def test_unknown_top_level_key_lists_the_sugar_keys():
     err = expect_problem({"name": "x", "blok": 1, "stem": "conv", "stages": [{"depth": 1, "dim": 8}]}, None, "blok",
                          "unknown field 'blok' (did you mean 'block'?)")
-    assert str(err).endswith("stem, stages, head, extends, block, stage_defaults, downsample")
+    assert str(err).endswith("stem, stages, head, extends, block, blocks, stage_defaults, downsample")
 
 
 @pytest.mark.parametrize("kwargs, text", [

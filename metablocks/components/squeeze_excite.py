@@ -1,19 +1,49 @@
-"""Squeeze-and-excitation channel gate (Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018)."""
+"""Squeeze-and-excitation channel gate (Hu et al., "Squeeze-and-Excitation Networks", CVPR 2018).
+
+As a component (channel_mixer ``squeeze_excite``) it is the gate step of a block, ``x * sigmoid(up(act(down(mean x))))``:
+FFNet and LSNet run it as a plain branch between the two residuals (``{path: [se], kind: plain}``).
+"""
 from __future__ import annotations
+
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from metablocks.fields import Ratio, Width
+from metablocks.registry import Component, Context, Ref, register
 
+
+class SqueezeExciteConfig(Component):
+    layout = "channels_first"
+    ratio: Ratio = 0.25  # hidden = ratio * dim
+    round_to: Width | None = None  # hidden rounded as timm's make_divisible (None: int(ratio * dim))
+    act: Annotated[Component, Ref("act")] = "relu"
+
+    def hidden(self, dim: int) -> int:
+        from metablocks.blocks import make_divisible
+
+        return make_divisible(dim * self.ratio, self.round_to) if self.round_to else int(dim * self.ratio)
+
+    def check(self, ctx: Context) -> list[str]:
+        return [] if self.hidden(ctx.dim) >= 1 else [f"ratio={self.ratio} leaves no hidden channels at dim={ctx.dim}"]
+
+    def build(self, ctx: Context) -> nn.Module:
+        return SqueezeExcite(ctx.dim, self.hidden(ctx.dim), act=self.act.build())
+
+
+@register("channel_mixer", "squeeze_excite", config=SqueezeExciteConfig)
 class SqueezeExcite(nn.Module):
     """x * sigmoid(up(relu(down(mean_HW x)))) on (B, C, H, W); ``down``/``up`` are biased 1x1 convs (SENet, Hu et al. 2018)."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, act: nn.Module | None = None) -> None:
         super().__init__()
         self.down = nn.Conv2d(dim, hidden, 1)
+        self.act = act
         self.up = nn.Conv2d(hidden, dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
-        gate = torch.sigmoid(self.up(F.relu(self.down(x.mean((2, 3), keepdim=True)))))  # (B, C, 1, 1)
+        squeezed = self.down(x.mean((2, 3), keepdim=True))
+        gate = torch.sigmoid(self.up(self.act(squeezed) if self.act is not None else F.relu(squeezed)))  # (B, C, 1, 1)
         return x * gate

@@ -7,10 +7,11 @@ without the map size it cannot know.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-from metablocks.recipe.errors import Problem, RecipeError, component_problems
+from metablocks.recipe.errors import Problem, RecipeError, block_problems, component_problems
 from metablocks.recipe.schema import Recipe, StageConfig
 from metablocks.recipe.yaml_io import where_of
 from metablocks.registry import Component, Context, Ref
@@ -60,7 +61,7 @@ class Parts:
 
 def stem_channels(recipe: Recipe) -> int:
     """Channels out of the stem: the first stage's width, unless the stem fixes its own (ResNet: 64 into a 256-wide stage)."""
-    return recipe.stem.out_dim(recipe.stages[0].dim)
+    return recipe.stem.out_dim(recipe.stages[0].block_dim(0))
 
 
 def recipe_problems(parts: Parts, img_size: tuple[int, int] | None = None) -> list[Problem]:
@@ -69,7 +70,7 @@ def recipe_problems(parts: Parts, img_size: tuple[int, int] | None = None) -> li
     known = parts.stem is not None and bool(parts.stages) and parts.stages[0] is not None
     resolution: tuple[int, int] | None = img_size or parts.img_size
     problems: list[Problem] = []
-    dim = parts.stem.out_dim(parts.stages[0].dim) if known else None  # type: ignore[union-attr]
+    dim = parts.stem.out_dim(parts.stages[0].block_dim(0)) if known else None  # type: ignore[union-attr]
     if parts.stem is not None and dim is not None:
         problems += component_problems(parts.stem, Context(parts.in_chans, out_dim=dim, resolution=resolution), ("stem",), raw)
         resolution = parts.stem.out_resolution(resolution)  # type: ignore[arg-type]
@@ -81,34 +82,91 @@ def recipe_problems(parts: Parts, img_size: tuple[int, int] | None = None) -> li
             continue
         if resolution is None:  # after an invalid part: only what is wrong at any map size
             problems += _size_free_problems(stage, i, raw)
-            dim = stage.dim
+            dim = stage.out_dim
             continue
         problems += _cycle_problems(stage, i, raw)
         if stage.downsample is not None and dim is not None:
-            ctx = Context(dim, out_dim=stage.dim, resolution=resolution, stage=i)
+            ctx = Context(dim, out_dim=stage.block_dim(0), resolution=resolution, stage=i)
             problems += component_problems(stage.downsample, ctx, ("stages", i, "downsample"), raw)
             resolution = stage.downsample.out_resolution(resolution) if resolution else None
-        elif stage.downsample is None and dim is not None and stage.dim != dim:
-            where, path = where_of(raw, ("stages", i, "dim"))
-            problems.append(Problem(where.file if where else None, where.line if where else None, path or f"stages[{i}].dim",
-                                    f"stage {i} changes the width from {dim} to {stage.dim} but has no downsample"))
+            dim = stage.block_dim(0)
         if resolution is not None and min(resolution) < 1:
             break  # the downsample's own problem says why
-        ctx = Context(stage.dim, resolution=resolution, stage=i)
-        dim_at = ("stages", i, "dim")
-        problems += component_problems(stage.norm, ctx, ("stages", i, "norm"), raw, dim_at)
-        for slot in ("token_mixer", "channel_mixer"):
-            cycle = getattr(stage, slot)
-            for k, component in enumerate(cycle):
-                if component is None:
-                    continue
-                loc = ("stages", i, slot) + ((k,) if len(cycle) > 1 else ())
-                problems += component_problems(component, ctx, loc, raw, dim_at)
-        dim = stage.dim
+        found, resolution, dim = stage_block_problems(stage, i, raw, dim, resolution)
+        problems += found
     if parts.head is not None and dim is not None:
         problems += component_problems(parts.head, Context(dim, out_dim=parts.num_classes, resolution=resolution),
                                        ("head",), raw)
     return list(dict.fromkeys(problems))
+
+
+def _where_in_stage(stage: StageConfig, index: int, j: int) -> Any:
+    """Maps a field path inside block ``j``'s config to its place in the recipe: the stage's own field, the entry of a
+    per-block list, or the field of the block template the block uses."""
+    template = stage.pattern[j % len(stage.pattern)] if stage.pattern is not None else None
+    set_by_template = stage.blocks[template].model_fields_set if template is not None else set()
+
+    def place(inner: tuple[Any, ...]) -> tuple[Any, ...]:
+        if inner and inner[0] in set_by_template:
+            return ("stages", index, "blocks", template) + inner
+        if inner and inner[0] in ("token_mixer", "channel_mixer") and len(getattr(stage, inner[0])) > 1:
+            return ("stages", index, inner[0], j % len(getattr(stage, inner[0]))) + inner[1:]
+        return ("stages", index) + inner
+
+    return place
+
+
+def _period(stage: StageConfig) -> int:
+    """Blocks 1.. repeat with this period (their configs, widths and inputs): checking one period checks them all."""
+    period = 1
+    for length in (len(stage.token_mixer), len(stage.channel_mixer), len(stage.pattern or [1]),
+                   len(stage.dim) if isinstance(stage.dim, list) else 1):
+        period = math.lcm(period, length)
+    return period
+
+
+def stage_block_problems(stage: StageConfig, index: int, raw: Any, dim: int | None,
+                         resolution: tuple[int, int] | None) -> tuple[list[Problem], tuple[int, int] | None, int]:
+    """The problems of a stage's blocks (after its downsample), taking ``dim`` channels of a ``resolution`` map; returns
+    them with the stage's output size and width."""
+    from metablocks.blocks import plan_block
+
+    problems: list[Problem] = []
+    if stage.depth == 0:
+        if dim is not None and dim != stage.block_dim(0):
+            where, path = where_of(raw, ("stages", index, "dim"))
+            problems.append(Problem(where.file if where else None, where.line if where else None,
+                                    path or f"stages[{index}].dim", f"stage {index} has no blocks and no downsample to "
+                                    f"change the width from {dim} to {stage.block_dim(0)}"))
+        return problems, resolution, stage.block_dim(0)
+    incoming = dim if dim is not None else stage.block_dim(0)
+    checked: set[Any] = set()
+    out_resolution, width = resolution, incoming
+    for j in range(min(stage.depth, _period(stage) + 1)):
+        config, block_dim = stage.block(j), stage.block_dim(j)
+        in_dim = incoming if j == 0 else stage.block_dim(j - 1)
+        stride = stage.stride if j == 0 else 1
+        key = (config.model_dump_json(), in_dim, block_dim, stride)
+        here = resolution if j == 0 else out_resolution
+        if key not in checked:
+            checked.add(key)
+            plan = plan_block(config, block_dim, in_dim=in_dim, stride=stride, resolution=here, stage=index, block=j)
+            if j == 0 and stage.downsample is None and in_dim != block_dim and plan.untransitioned:
+                where, path = where_of(raw, ("stages", index, "dim"))
+                problems.append(Problem(where.file if where else None, where.line if where else None,
+                                        path or f"stages[{index}].dim",
+                                        f"stage {index} changes the width from {in_dim} to {block_dim} but has no "
+                                        f"downsample, and its first block cannot change it ({plan.untransitioned})"))
+                return problems, None, stage.out_dim
+            problems += block_problems(config, block_dim, (), raw, in_dim=in_dim, stride=stride, resolution=here,
+                                       stage=index, block=j, dim_at=("stages", index, "dim"),
+                                       where_loc=_where_in_stage(stage, index, j))
+            out_resolution = plan.out_resolution
+        elif j == 0:
+            out_resolution = here
+    return problems, out_resolution, stage.out_dim
+
+
 
 
 PROBES = ((224, 224), (210, 210))  # map sizes that tell a problem of the size (unknown here) from one at any size
@@ -117,14 +175,7 @@ PROBES = ((224, 224), (210, 210))  # map sizes that tell a problem of the size (
 def _size_free_problems(stage: StageConfig, index: int, raw: Any) -> list[Problem]:
     """The problems a stage whose input size is unknown has at every probe size: those are not about the size."""
     def at(resolution: tuple[int, int]) -> set[Problem]:
-        ctx = Context(stage.dim, resolution=resolution, stage=index)
-        found = set(component_problems(stage.norm, ctx, ("stages", index, "norm"), raw))
-        for slot in ("token_mixer", "channel_mixer"):
-            cycle = getattr(stage, slot)
-            for k, component in enumerate(cycle):
-                found |= set(component_problems(component, ctx, ("stages", index, slot) + ((k,) if len(cycle) > 1 else ()),
-                                                raw, ("stages", index, "dim")))
-        return found
+        return set(stage_block_problems(stage, index, raw, None, resolution)[0])
 
     first, second = (at(r) for r in PROBES)
     return [*_cycle_problems(stage, index, raw), *(p for p in first if p in second)]
@@ -133,9 +184,10 @@ def _size_free_problems(stage: StageConfig, index: int, raw: Any) -> list[Proble
 def _cycle_problems(stage: StageConfig, index: int, raw: Any) -> list[Problem]:
     """A per-block list longer than the stage would lose its extra entries: an error, not a silent cut."""
     problems = []
-    for slot in ("token_mixer", "channel_mixer"):
-        given = len(getattr(stage, slot))
-        if given > stage.depth:
+    for slot in ("token_mixer", "channel_mixer", "pattern", "dim"):
+        value = getattr(stage, slot)
+        given = len(value) if isinstance(value, list) else 1
+        if given > max(stage.depth, 1):
             where, path = where_of(raw, ("stages", index, slot))
             problems.append(Problem(where.file if where else None, where.line if where else None,
                                     path or f"stages[{index}].{slot}",

@@ -69,7 +69,7 @@ def _message(error: dict[str, Any], raw: Any, loc: tuple[Any, ...], model: type[
         return f"unknown field {loc[-1]!r}{hint}" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
     if kind == "missing":
         return f"missing field {loc[-1]!r}"
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")  # a validator's own sentence
     if kind in ("unknown_component", "component_type", "component_missing_type", "component_kind"):
         return message
     given = error.get("input")
@@ -161,12 +161,34 @@ def component_problems(component: Component | None, ctx: Context, loc: tuple[Any
     return problems
 
 
-def check_block(config: Any, ctx: Context, source: str = "<python>") -> None:
-    """Raise RecipeError if any component of a standalone block rejects ``ctx``."""
+def check_block(config: Any, ctx: Context, source: str = "<python>", *, in_dim: int | None = None,
+                stride: int = 1) -> None:
+    """Raise RecipeError if a standalone block cannot be built at ``ctx`` (its structure, or a component's check)."""
     from metablocks.recipe.yaml_io import Where, from_plain
 
     raw = from_plain(config.model_dump(), Where(source))
-    problems = [p for slot in ("norm", "token_mixer", "channel_mixer")
-                for p in component_problems(getattr(config, slot), ctx, (slot,), raw)]
+    problems = block_problems(config, ctx.dim, (), raw, in_dim=in_dim, stride=stride, resolution=ctx.resolution)
     if problems:
         raise RecipeError(problems)
+
+
+def block_problems(config: Any, dim: int, loc: tuple[Any, ...], raw: Any, *, in_dim: int | None = None, stride: int = 1,
+                   resolution: tuple[int, int] | None = None, stage: int | None = None, block: int | None = None,
+                   dim_at: tuple[Any, ...] | None = None, where_loc: Any = None) -> list[Problem]:
+    """The problems of one block as it will be built (``metablocks.blocks.plan_block``): its structure (a transition
+    nothing can carry, a missing shortcut, widths that do not add up) and every component's own check, placed at
+    ``loc`` + the field inside the block. ``where_loc`` maps a field path inside the block to its place in ``raw``
+    (a template's fields live under the stage's ``blocks``)."""
+    from metablocks.blocks import plan_block
+    from metablocks.recipe.yaml_io import where_of
+
+    place = where_loc or (lambda inner: loc + inner)
+    plan = plan_block(config, dim, in_dim=in_dim, stride=stride, resolution=resolution, stage=stage, block=block)
+    problems = []
+    for inner, message in plan.problems:
+        where, path = where_of(raw, place(inner))
+        problems.append(Problem(where.file if where else None, where.line if where else None,
+                                path or ".".join(map(str, place(inner))), message, where.path if where else None))
+    for placed in plan.placed():
+        problems += component_problems(placed.component, placed.ctx, place(placed.loc), raw, dim_at)
+    return problems

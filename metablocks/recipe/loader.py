@@ -12,7 +12,7 @@ from metablocks.recipe.errors import Problem, RecipeError, validate
 from metablocks.recipe.schema import Recipe
 from metablocks.recipe.yaml_io import Doc, DocList, Shadow, Where, from_plain, load_file, merge, parse, plain
 
-SUGAR = ("extends", "block", "stage_defaults", "downsample")
+SUGAR = ("extends", "block", "blocks", "stage_defaults", "downsample")
 
 
 def recipes_dir() -> Path:
@@ -254,6 +254,11 @@ def _expand_stages(raw: Doc, stages: list, problems: list[Problem], files: list[
                                  f"token_mixer, channel_mixer, ...), given {_given(block)}"))
         block = None
     block = _moved(block or Doc(), "block")
+    templates = raw.get("blocks")  # named block templates: defaults of every stage that has a pattern
+    if templates is not None and not isinstance(templates, dict):
+        problems.append(_problem(raw.where.get("blocks"), "blocks", f"blocks: takes a mapping of named block templates "
+                                 f"(ncb: {{...}}, ntb: {{...}}), given {_given(templates)}"))
+        templates = None
     defaults = raw.get("stage_defaults")
     if defaults is not None:
         where = raw.where.get("stage_defaults")
@@ -290,7 +295,12 @@ def _expand_stages(raw: Doc, stages: list, problems: list[Problem], files: list[
         if isinstance(stage, dict):
             shadowed: list[Shadow] = []
             layered = merge(block, _moved(defaults[i], f"stage_defaults[{i}]"), shadowed) if defaults else block
+            own_templates = "blocks" in stage or bool(defaults and "blocks" in defaults[i])
             stage = merge(layered, stage, shadowed)
+            if templates is not None and ("pattern" in stage or own_templates):
+                under = Doc(blocks=_moved(templates, "blocks"))
+                under.where["blocks"] = raw.where.get("blocks")
+                stage = merge(under, stage, shadowed)
             no_effect(shadowed, i)
             top = raw.where.get("downsample")
             if "downsample" not in stage:

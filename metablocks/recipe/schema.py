@@ -11,12 +11,12 @@ import json
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler, PrivateAttr, Strict,
-                      WrapSerializer, field_validator)
+from pydantic import (BaseModel, ValidationError, BeforeValidator, ConfigDict, Field, GetJsonSchemaHandler, PlainSerializer, PrivateAttr,
+                      Strict, StringConstraints, WrapSerializer, field_validator, model_serializer, model_validator)
 
-from metablocks.blocks import BlockConfig
-from metablocks.fields import MAX_CLASSES, MAX_IMG_SIZE, Probability, Width
-from metablocks.registry import Component, Ref
+from metablocks.blocks import NEW_BLOCK_FIELDS, BlockConfig
+from metablocks.fields import MAX_CLASSES, MAX_IMG_SIZE, Probability, Stride, Width, Widths
+from metablocks.registry import Component, Ref, did_you_mean
 
 
 def _as_list(value: Any) -> Any:
@@ -63,20 +63,99 @@ class Paper(BaseModel):
     note: str | None = None  # a known, explained difference between the paper's table and the official code
 
 
-class StageConfig(BlockConfig):
-    """One stage: an optional downsample, then ``depth`` blocks of width ``dim``."""
+class BlockTemplate(BlockConfig):
+    """A named block template: the block fields it sets override the stage's, for the blocks that use it. Its paths
+    may name the stage's slots: they are checked on the merged block (``StageConfig``)."""
 
-    depth: Annotated[int, Strict(), Field(ge=1, le=MAX_DEPTH)]
-    dim: Width
+    @model_validator(mode="after")
+    def _paths_name_slots(self) -> BlockTemplate:
+        return self
+
+
+def _template(value: BlockConfig) -> dict[str, Any]:
+    return value.model_dump(mode="json", exclude_unset=True)
+
+
+Template = Annotated[BlockTemplate, PlainSerializer(_template)]
+"""A named block template: the block fields it sets override the stage's for the blocks that use it."""
+TemplateName = Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=40)]
+NEW_STAGE_FIELDS: dict[str, Any] = {"stride": 1, "pattern": None, "blocks": {}, "drop_path_rate": None}
+"""Stage fields added after recipes were published: left out of dumps at their default, so model_ids stay."""
+
+
+class StageConfig(BlockConfig):
+    """One stage: an optional downsample, then ``depth`` blocks of width ``dim`` (one width, or one per block)."""
+
+    depth: Annotated[int, Strict(), Field(ge=0, le=MAX_DEPTH)]
+    dim: Widths
     downsample: Annotated[Component, Ref("downsample")] | None = None
+    stride: Stride = 1  # of the stage's first block (its first branch carries it; see blocks.py)
     token_mixer: Cycle[Annotated[Component, Ref("token_mixer")]] = ["pooling"]  # type: ignore[assignment]
     channel_mixer: Cycle[Annotated[Component, Ref("channel_mixer")] | None] = ["mlp"]  # type: ignore[assignment]
+    blocks: dict[TemplateName, Template] = Field(default_factory=dict, max_length=64)  # named block templates
+    pattern: Cycle[TemplateName] | None = None  # the templates the blocks cycle through (Next-ViT: [ncb]*4 + [ntb])
+    drop_path_rate: Probability | None = None  # this stage's own drop-path schedule: linspace(0, rate, depth)
+
+    @model_validator(mode="after")
+    def _pattern_names_templates(self) -> StageConfig:
+        if self.pattern is not None:
+            unknown = [name for name in self.pattern if name not in self.blocks]
+            if unknown:
+                known = ", ".join(self.blocks) or "none (define them under blocks:)"
+                raise ValueError(f"pattern names block template {unknown[0]!r}"
+                                 f"{did_you_mean(unknown[0], list(self.blocks))}, which is not defined; templates: {known}")
+        elif self.blocks:
+            raise ValueError(f"defines block templates ({', '.join(self.blocks)}) but no pattern: uses them; add "
+                             f"pattern: [{next(iter(self.blocks))}, ...]")
+        for name in self.blocks if self.pattern is not None else ():
+            try:
+                self._merged(self.blocks[name], self.token_mixer[0], self.channel_mixer[0])
+            except ValidationError as err:
+                raise ValueError(f"block template {name!r} on this stage: "
+                                 + "; ".join(e["msg"].removeprefix("Value error, ") for e in err.errors())) from None
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_new_stage_defaults(self, handler: Any) -> Any:
+        dumped = handler(self)
+        for name in NEW_BLOCK_FIELDS:
+            if name in dumped and dumped[name] in ({}, None):
+                del dumped[name]
+        for name, default in NEW_STAGE_FIELDS.items():
+            if name in dumped and dumped[name] == default:
+                del dumped[name]
+        return dumped
+
+    @property
+    def out_dim(self) -> int:
+        """The stage's output width: its last block's (its one width when all blocks share it)."""
+        return self.block_dim(self.depth - 1) if self.depth else self.block_dim(0)
+
+    def block_dim(self, index: int) -> int:
+        """The width of block ``index`` (a per-block list cycles)."""
+        return self.dim[index % len(self.dim)] if isinstance(self.dim, list) else self.dim
+
+    def components(self) -> list[Component]:
+        """Every component written in this stage's blocks (all cycle entries, slots and templates; not the downsample)."""
+        found: list[Component | None] = [self.norm, *self.token_mixer, *self.channel_mixer, *self.slots.values(),
+                                         self.shortcut]
+        for template in self.blocks.values():
+            found += [getattr(template, name) for name in ("norm", "token_mixer", "channel_mixer", "shortcut")
+                      if name in template.model_fields_set]
+            found += list(template.slots.values())
+        return [c for c in found if c is not None]
 
     def block(self, index: int) -> BlockConfig:
-        """The config of block ``index`` of this stage (cycling through per-block lists)."""
+        """The config of block ``index`` of this stage (cycling through per-block lists and the pattern)."""
+        template = self.blocks[self.pattern[index % len(self.pattern)]] if self.pattern is not None else None
+        return self._merged(template, self.token_mixer[index % len(self.token_mixer)],
+                            self.channel_mixer[index % len(self.channel_mixer)])
+
+    def _merged(self, template: BlockConfig | None, token_mixer: Component, channel_mixer: Component | None) -> BlockConfig:
         fields = {name: getattr(self, name) for name in BlockConfig.model_fields}
-        fields["token_mixer"] = self.token_mixer[index % len(self.token_mixer)]
-        fields["channel_mixer"] = self.channel_mixer[index % len(self.channel_mixer)]
+        fields["token_mixer"], fields["channel_mixer"] = token_mixer, channel_mixer
+        if template is not None:
+            fields.update({name: getattr(template, name) for name in template.model_fields_set})
         return BlockConfig(**fields)
 
 

@@ -20,9 +20,9 @@ from pydantic_core import PydanticCustomError, core_schema
 from torch import Tensor, nn
 
 from metablocks.layout import permutation, resolve
-from metablocks.registry import Component, Context, Layout, Ref, names
+from metablocks.registry import SLOT_KINDS, Component, Context, Layout, Ref, names
 
-PART_KINDS = ("token_mixer", "channel_mixer", "norm", "act")  # what maps a (B, C, H, W) map to one of the same shape
+PART_KINDS = SLOT_KINDS  # what maps a (B, C, H, W) map to one of the same shape: a mixer, a norm, an act
 
 
 class PartRef(Ref):
@@ -60,10 +60,6 @@ class PartRef(Ref):
         first = next(k for k in self.kinds if value.name in names(k))  # the kind the name alone resolves to
         return value.dump() if first == value.kind else {"kind": value.kind, **value.dump()}
 
-    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
-            self.validate, serialization=core_schema.plain_serializer_function_ser_schema(self.serialize, when_used="always"))
-
     def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
         picked = {"type": "object", "required": ["kind", "type"], "description": "a part of another kind, named",
                   "properties": {"kind": {"enum": list(self.kinds)}, "type": {"type": "string"}}}
@@ -74,13 +70,13 @@ def kind_definition(kind: str, schema: core_schema.CoreSchema, handler: GetJsonS
     """``{"$ref": ...}`` to the JSON Schema of "any component of ``kind``", defined once per schema (the first use
     defines it; a use inside it, a composite in a composite, refers to it)."""
     generator = getattr(handler, "generate_json_schema", None)
-    if generator is None:  # not pydantic's own generator: inline it
+    if generator is None:  # not pydantic's own generator: Ref's own (loose where it nests)
         return Ref(kind).__get_pydantic_json_schema__(schema, handler)
     core_ref = f"{kind}:any-component"  # pydantic names the definition by what comes before the colon
     started = (core_ref, generator.mode) in generator.core_to_defs_refs
     defs_ref, reference = generator.get_cache_defs_ref_schema(core_ref)
-    if not started:
-        generator.definitions[defs_ref] = Ref(kind).__get_pydantic_json_schema__(schema, handler)
+    if not started:  # Ref's full union (past its guard against nesting: the reference above ends the recursion)
+        generator.definitions[defs_ref] = Ref(kind)._json_schema(schema, handler)
     return reference
 
 Perm = list[int]  # a permute's dims; [] for none (TorchScript keeps List[List[int]] attributes)
@@ -109,7 +105,7 @@ def outer_layout(ctx: Context) -> Layout:
 
 def part_context(component: Component, ctx: Context, dim: int, current: Layout) -> Context:
     """The context a part is checked and built in: its own width, and its own layout (``current`` when it has none)."""
-    return dataclasses.replace(ctx, dim=dim, out_dim=None, layout=resolve(type(component).layout, current))
+    return dataclasses.replace(ctx, dim=dim, out_dim=None, stride=1, layout=resolve(type(component).layout, current))
 
 
 def build_part(component: Component, ctx: Context, dim: int, current: Layout) -> tuple[nn.Module, Layout, Perm]:

@@ -1,8 +1,8 @@
 """timm ResNet (``resnet*``) -> metablocks keys.
 
 timm's stem is flat (``conv1``, ``bn1``), its stages are ``layer1..4`` of blocks ``0..n-1`` with the projection in
-``layer{i}.0.downsample`` (0 conv, 1 BN), and the classifier is ``fc``. Our stage ``i - 1`` starts with the residual
-downsample (timm's block 0: its convs under ``token_mixer``, the projection under ``shortcut``), then ``blocks.j - 1``.
+``layer{i}.0.downsample`` (0 conv, 1 BN), and the classifier is ``fc``. Ours: stage ``i - 1``, ``blocks.j``, the convs
+under ``token_mixer`` and the first block's projection under ``shortcut`` (conv, norm).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ _SHORTCUT = {"downsample.0.": "shortcut.conv.", "downsample.1.": "shortcut.norm.
 
 
 def resnet_key(key: str) -> str:
-    """One timm ResNet key -> ours (``layer2.0.downsample.1.weight`` -> ``stages.1.downsample.shortcut.norm.weight``)."""
+    """One timm ResNet key -> ours (``layer2.0.downsample.1.weight`` -> ``stages.1.blocks.0.shortcut.norm.weight``)."""
     if key.startswith(("conv1.", "bn1.")):
         return f"stem.{key}"
     if key.startswith("fc."):
@@ -26,12 +26,10 @@ def resnet_key(key: str) -> str:
     if match is None:
         return key
     stage, block, rest = int(match[1]) - 1, int(match[2]), match[3]
-    if block == 0:
-        for theirs, ours in _SHORTCUT.items():
-            if rest.startswith(theirs):
-                return f"stages.{stage}.downsample.{ours}{rest[len(theirs):]}"
-        return f"stages.{stage}.downsample.token_mixer.{rest}"
-    return f"stages.{stage}.blocks.{block - 1}.token_mixer.{rest}"
+    for theirs, ours in _SHORTCUT.items():
+        if rest.startswith(theirs):
+            return f"stages.{stage}.blocks.{block}.{ours}{rest[len(theirs):]}"
+    return f"stages.{stage}.blocks.{block}.token_mixer.{rest}"
 
 
 @register_converter("resnet")
