@@ -61,6 +61,8 @@ def test_stages_hold_pat_ch_then_pat_sf() -> None:
     last = recipe.stages[3]  # PAT_sf: LN + attention on the rest; x + pconv(x), then x + mlp(x)
     assert [p.type for p in last.token_mixer[0].parts[1].mixer.parts] == ["layernorm", "rpe_attention"]
     assert last.paths() == (("token_mixer",), ("channel_mixer",))
+    block = meta_model("partialnet_s").stages[3].blocks[1]  # drop_path_rate 0.1: only the MLP's branch drops
+    assert not hasattr(block, "drop_path1") and block.drop_path2.p > 0
     model = meta_model("partialnet_t0")
     attention = model.stages[3].blocks[0].token_mixer.parts[1].parts[1]
     assert isinstance(attention, RpeAttention) and attention.num_heads == 4  # patnet_t0: true in every cfg
