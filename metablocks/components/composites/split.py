@@ -113,12 +113,15 @@ class Split(nn.Module):
         self.perms_in = [list(p) for p in perms]  # into each part's own layout ([]: none)
         self.perms_out = [[p.index(d) for d in range(len(p))] for p in self.perms_in]  # and back
         self.same_layout = not any(self.perms_in)
+        self.passthrough = [isinstance(part, nn.Identity) for part in parts]  # identity mixers and acts
 
     def forward(self, x: Tensor) -> Tensor:
         pieces = x.split(self.widths, dim=self.axis)
         outs: list[Tensor] = []
         for i, part in enumerate(self.parts):
-            if self.same_layout:  # no permute anywhere: the plain loop (batch 1 is bound by Python's overhead)
+            if self.passthrough[i]:  # an identity part: its channels as they are, no module call
+                outs.append(pieces[i])
+            elif self.same_layout:  # no permute anywhere: the plain loop (batch 1 is bound by Python's overhead)
                 outs.append(part(pieces[i]))
             else:
                 outs.append(permuted(part(permuted(pieces[i], self.perms_in[i])), self.perms_out[i]))
