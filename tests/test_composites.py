@@ -182,3 +182,11 @@ def test_the_property_test_draws_composites_without_end() -> None:
     deep = component("token_mixer", depth=10)
     drawn = [deep.example() for _ in range(30)]
     assert not any(d["type"] in ("split", "sum", "seq") for d in drawn)
+
+
+def test_info_describes_composites_part_by_part() -> None:
+    from metablocks.commands.info import describe
+
+    assert describe(mixer(PCONV)) == "split(parts=[channels=0.25: conv, channels=rest: identity])"
+    seq = mixer({"type": "seq", "parts": ["batchnorm", {"type": "conv", "kernel_size": 1}]}, "channel_mixer")
+    assert describe(seq) == "seq(parts=[batchnorm, conv(kernel_size=1)])"
