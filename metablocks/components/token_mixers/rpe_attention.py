@@ -60,7 +60,7 @@ class RpeAttention(nn.Module):
                  resolution: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.num_heads, self.attn_drop, self.ratio = num_heads, attn_drop, ratio
-        # the buckets of the map size the model is built for, computed once (another size computes its own)
+        # the buckets of the map size the model is built for, computed once (another size: computed, then kept)
         self.size = tuple(resolution) if resolution else (0, 0)
         buckets = euclidean_buckets(*self.size, ratio, torch.device("cpu")) if resolution else torch.zeros(0, 0).long()
         self.register_buffer("buckets", buckets, persistent=False)
@@ -73,10 +73,21 @@ class RpeAttention(nn.Module):
         B, C, H, W = x.shape
         tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
         q, k, v = self.qkv(tokens).reshape(B, H * W, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
-        buckets = self.buckets if (torch.jit.is_scripting() or not fx_tracing()) and (H, W) == self.size else \
-            euclidean_buckets(H, W, self.ratio, x.device)
+        if not torch.jit.is_scripting() and fx_tracing():  # sizes are proxies: the buckets as operations
+            buckets = euclidean_buckets(H, W, self.ratio, x.device)
+        elif (H, W) == self.size:
+            buckets = self.buckets
+        else:
+            buckets = euclidean_buckets(H, W, self.ratio, x.device)
+            if not torch.jit.is_scripting():
+                self._remember(buckets, (H, W))
         bias = self.rpe_table[:, buckets]  # (heads or 1, N, N)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype)[None],
                                              dropout_p=self.attn_drop if self.training else 0.0)  # (B, heads, N, d)
         out = self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, H * W, C)))  # (B, N, C)
         return out.transpose(1, 2).reshape(B, C, H, W)
+
+    @torch.jit.unused
+    def _remember(self, buckets: Tensor, size: tuple[int, int]) -> None:
+        """Eager mode: keep the buckets of a new map size for the next call (the official code caches them too)."""
+        self.buckets, self.size = buckets, size
