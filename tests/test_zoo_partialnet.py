@@ -98,6 +98,18 @@ def test_rpe_attention_is_softmax_of_scores_plus_table() -> None:
         assert torch.allclose(attention(x), out, atol=1e-6)
 
 
+def test_rpe_buckets_follow_the_map_size() -> None:
+    """Built for 7x7 (the buckets computed once); a 5x3 input computes its own and keeps them for the next call."""
+    attention = metablocks.registry.Ref("token_mixer").validate({"type": "rpe_attention", "num_heads": 2}).build(
+        metablocks.registry.Context(8, resolution=(7, 7)))
+    assert attention.size == (7, 7) and attention.buckets.shape == (49, 49)
+    assert "buckets" not in attention.state_dict()  # derived, not a weight
+    with torch.no_grad():
+        attention(torch.randn(1, 8, 5, 3))
+    assert attention.size == (5, 3)
+    assert torch.equal(attention.buckets, euclidean_buckets(5, 3, 20.0, torch.device("cpu")))
+
+
 def test_srm_by_hand() -> None:
     """One channel [[1, 2], [3, 4]]: mean 2.5, unbiased std sqrt(5/3); cfc (0.4, 0.2); BN at init (eval)."""
     srm = SRM(1).eval()
