@@ -52,8 +52,11 @@ def describe(component: Component | None) -> str:
         return "-"
     try:
         defaults = type(component).model_validate({"type": component.name}).dump()
-    except ValidationError:  # a field without a default (a composite's parts): every field is shown
-        defaults = {}
+    except ValidationError:  # fields without a default (a composite's parts, gate's f): the rest against theirs
+        required = {name for name, field in type(component).model_fields.items() if field.is_required()}
+        given = {name: value for name, value in component.dump().items() if name in required}
+        defaults = {name: value for name, value in type(component).model_validate({"type": component.name, **given})
+                    .dump().items() if name not in required}
     changed = []
     for key, value in component.dump().items():
         if key != "type" and (key not in defaults or value != defaults[key]):
