@@ -22,7 +22,7 @@ from metablocks import RecipeError
 from metablocks.components.token_mixers.rpe_attention import RpeAttention, euclidean_buckets
 from metablocks.components.token_mixers.spatial_gate import SpatialGate
 from metablocks.components.token_mixers.srm import SRM
-from metablocks.interop.timm import convert_state_dict, load_timm_state_dict
+from metablocks.interop.official.partialnet import convert_partialnet, load_partialnet
 from zoo_timm import perturb
 
 OFFICIAL = json.loads((Path(__file__).parent / "data" / "partialnet_official_keys.json").read_text())
@@ -44,7 +44,7 @@ def test_params_equal_the_official_code(size: str) -> None:
 def test_official_state_dict_maps_onto_ours_key_for_key(size: str) -> None:
     model = meta_model(f"partialnet_{size}")
     official = {k: torch.empty(shape, device="meta") for k, shape in OFFICIAL["state_dict"][size].items()}
-    converted = convert_state_dict(official, model, timm_name="partialnet")
+    converted = convert_partialnet(official)
     ours = model.state_dict()
     assert len(converted) == len(official)  # no two official keys land on one of ours
     assert set(converted) == set(ours)
@@ -160,8 +160,7 @@ def test_logits_equal_the_official_code(size: str) -> None:
         for name, p in official.named_parameters():
             if "lookup_table" in name:
                 p.normal_(0, 0.5)
-    ours = load_timm_state_dict(metablocks.create_model(f"partialnet_{size}").eval(), official.state_dict(),
-                                timm_name="partialnet")
+    ours = load_partialnet(metablocks.create_model(f"partialnet_{size}").eval(), official.state_dict())
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert (ours(x) - official(x)).abs().max().item() <= 1e-5

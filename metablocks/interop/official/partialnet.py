@@ -1,9 +1,9 @@
 """Official PartialNet checkpoints (github.com/haiduo/PartialNet, ``models/partialnet.py``) -> metablocks keys.
 
-Load one with ``load_timm_state_dict(model, state_dict, timm_name="partialnet")`` (or ``load_pretrained``): the
-official model is not in timm, but its keys go through the same renames. The official ``stages`` alternate blocks
-and merging layers (``stages.0`` blocks, ``stages.1`` merging, ``stages.2`` blocks, ...); the PATConv parts map onto
-our composites' ``parts`` by position:
+    load_partialnet(metablocks.create_model("partialnet_t0"), torch.load("partialnet_t0.pth")["state_dict"])
+
+The official ``stages`` alternate blocks and merging layers (``stages.0`` blocks, ``stages.1`` merging, ``stages.2``
+blocks, ...); the PATConv parts map onto our composites' ``parts`` by position:
 
     spatial_mixing.partial_conv3      token_mixer.parts.0                     (the 3x3 conv on dim / 4)
     PAT_ch: spatial_mixing.attn (SRM) token_mixer.parts.1.parts.0  (cfc1 -> cfc), .norm (BN)  token_mixer.parts.1.parts.1
@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import re
 
-from torch import Tensor
+from collections.abc import Mapping
+
+from torch import Tensor, nn
 
 from metablocks.interop.families.convnext import rename
-from metablocks.interop.timm import register_converter
+from metablocks.interop.timm import _load_strict
 
-# keys inside a block, for the three PATConv forms; mlp is already channel_mixer (the shared timm renames)
+# keys inside a block, for the three PATConv forms (mlp is renamed channel_mixer first)
 PAT_CH = [(r"spatial_mixing\.attn\.cfc1\.", "token_mixer.parts.1.parts.0.cfc."),
           (r"spatial_mixing\.attn\.bn\.", "token_mixer.parts.1.parts.0.bn."),
           (r"spatial_mixing\.norm\.", "token_mixer.parts.1.parts.1.")]
@@ -44,8 +46,9 @@ BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.*)$")
 MERGE = re.compile(r"^stages\.(\d+)\.(reduction|norm)\.(.*)$")
 
 
-@register_converter("partialnet")
-def convert_partialnet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+def convert_partialnet(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official PartialNet keys -> ours (a whole classification model's; a DDP ``module.`` prefix is dropped)."""
+    state_dict = {re.sub(r"^module\.", "", k).replace(".mlp.", ".channel_mixer."): v for k, v in state_dict.items()}
     out: dict[str, Tensor] = {}
     for key, value in state_dict.items():
         if block := BLOCK.match(key):
@@ -62,3 +65,9 @@ def convert_partialnet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
             key = next(iter(rename({key: value}, OUTSIDE)))
         out[key] = value
     return out
+
+
+def load_partialnet(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
+    """Load an official PartialNet state_dict strictly; returns the model."""
+    _load_strict(model, convert_partialnet(state_dict), source="the official PartialNet weights", theirs="official")
+    return model
