@@ -35,7 +35,7 @@ class PartRef(Ref):
 
     def __init__(self, kind: str) -> None:
         super().__init__(kind)
-        self.kind = kind  # what the property test draws a part from
+        self.kind = kind  # the kind it is named by (the first it looks a name up in)
         self.kinds = (kind, *(k for k in PART_KINDS if k != kind))
 
     def validate(self, value: Any) -> Component:
