@@ -318,8 +318,8 @@ def plan_block(config: BlockConfig, dim: int, *, in_dim: int | None = None, stri
                             and type(config.component(slot)).can_change(step_stride)), None)
             if changer is None:
                 if i == 1:
-                    plan.untransitioned = (f"none of {', '.join(config.component(s).name for s in spec.path)} takes "
-                                           f"in_dim/out_dim")
+                    plan.untransitioned = (f"none of {', '.join(config.component(s).name for s in spec.path if s != 'norm')}"
+                                           f" takes in_dim/out_dim")
                 what = (f"from width {cur} to {out}" if out != cur else "") + (
                     f"{' and ' if out != cur else ''}with stride {step_stride}" if step_stride != 1 else "")
                 plan.problems.append((loc, f"branch {i} must change the map {what}, but none of its components "

@@ -7,6 +7,8 @@ import json
 import re
 from typing import Any
 
+from pydantic import ValidationError
+
 from metablocks.recipe import Recipe, load_recipe
 from metablocks.registry import Component
 
@@ -47,7 +49,10 @@ def describe(component: Component | None) -> str:
     """``attention(head_dim=32)``: the component's type and the fields it sets away from their defaults."""
     if component is None:
         return "-"
-    defaults = type(component).model_validate({"type": component.name}).dump()
+    try:
+        defaults = type(component).model_validate({"type": component.name}).dump()
+    except ValidationError:  # a field without a default (a composite's parts: gate's f): compare field by field
+        defaults = {name: field.default for name, field in type(component).model_fields.items() if not field.is_required()}
     changed = []
     for key, value in component.dump().items():
         if key != "type" and value != defaults.get(key):
@@ -76,6 +81,7 @@ def table(rows: list[list[str]], right: set[int]) -> str:
 def run(args: argparse.Namespace) -> int:
     from metablocks.analysis import count_macs, human, params_by_stage
     from metablocks.model import MetaModel
+    from metablocks.recipe.checks import stem_channels
 
     input_overrides = []
     if args.input is not None:
@@ -96,13 +102,15 @@ def run(args: argparse.Namespace) -> int:
     macs = count_macs(model, input_size)
     params = params_by_stage(model)
     resolution = recipe.stem.out_resolution(recipe.img_size)
-    stages = [{"stage": "stem", "depth": None, "dim": recipe.stages[0].dim, "token_mixer": f"({recipe.stem.name} stem)",
-               "channel_mixer": "", "output": [recipe.stages[0].dim, *resolution], "params": params["stem"],
+    first = stem_channels(recipe)
+    stages = [{"stage": "stem", "depth": None, "dim": first, "token_mixer": f"({recipe.stem.name} stem)",
+               "channel_mixer": "", "output": [first, *resolution], "params": params["stem"],
                "macs": macs.by_stage["stem"]}]
     for i, (stage, module) in enumerate(zip(recipe.stages, model.stages)):
         name = f"stages.{i}"
-        stages.append({"stage": name, "depth": stage.depth, "dim": stage.dim, "token_mixer": _mixers(stage.token_mixer),
-                       "channel_mixer": _mixers(stage.channel_mixer), "output": [stage.dim, *module.resolution],
+        mixers = (f"pattern {', '.join(stage.pattern)}" if stage.pattern is not None else _mixers(stage.token_mixer))
+        stages.append({"stage": name, "depth": stage.depth, "dim": stage.dim, "token_mixer": mixers,
+                       "channel_mixer": _mixers(stage.channel_mixer), "output": [stage.out_dim, *module.resolution],
                        "params": params[name], "macs": macs.by_stage[name]})
     stages.append({"stage": "head", "depth": None, "dim": model.num_features, "token_mixer": f"({recipe.head.name} head)",
                    "channel_mixer": "", "output": [recipe.num_classes], "params": params["head"],

@@ -8,9 +8,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
+from metablocks.components.acts import inplace_act
 from metablocks.components.conv_arith import conv_out
 from metablocks.components.reparam import fold_bn_into_conv
-from metablocks.fields import Kernel, Padding, Ratio, Stride
+from metablocks.fields import Kernel, Padding, Ratio, Stride, Width
 from metablocks.registry import Component, Context, Ref, register
 
 
@@ -35,7 +36,14 @@ class ConvLayer(BaseModel):
 
 class ConvStackConfig(Component):
     layout = "channels_first"
+    omit_when_default = frozenset({"channels"})  # added later: recipes without it keep their model_id
     layers: list[ConvLayer] = Field(min_length=1, max_length=64)
+    # the layers' own widths, one per layer (Next-ViT's stem: 64, 32, 64, 64); the stack then sets its output width
+    # as the ResNet stem does, instead of taking the next stage's. None: each layer's ``width`` x the output channels
+    channels: list[Width] | None = None
+
+    def out_dim(self, dim: int) -> int:
+        return self.channels[-1] if self.channels is not None else dim
 
     def out_resolution(self, resolution: tuple[int, int]) -> tuple[int, int]:
         for layer in self.layers:
@@ -44,6 +52,8 @@ class ConvStackConfig(Component):
 
     def widths(self, out_dim: int) -> list[int]:
         """Channels out of each layer."""
+        if self.channels is not None:
+            return list(self.channels)
         return [int(layer.width * out_dim) for layer in self.layers]
 
     def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
@@ -55,6 +65,10 @@ class ConvStackConfig(Component):
     def check(self, ctx: Context) -> list[str]:
         errors = []
         out_dim = ctx.out_dim if ctx.out_dim is not None else ctx.dim
+        if self.channels is not None and len(self.channels) != len(self.layers):
+            return [f"channels gives {len(self.channels)} widths for {len(self.layers)} layers (one per layer)"]
+        if self.channels is not None and any(layer.width != 1.0 for layer in self.layers):
+            errors.append("give the layers' widths either as channels or as each layer's width, not both")
         widths = self.widths(out_dim)
         if widths[-1] != out_dim:
             errors.append(f"the last layer must give the {out_dim} channels the next stage needs, "
@@ -70,7 +84,7 @@ class ConvStackConfig(Component):
 
     def build(self, ctx: Context) -> nn.Module:
         out_dim = ctx.out_dim if ctx.out_dim is not None else ctx.dim
-        return self.module(ctx.dim, out_dim, layers=self.layers)
+        return self.module(ctx.dim, out_dim, layers=self.layers, channels=self.channels)
 
 
 class ConvNormAct(nn.Module):
@@ -81,7 +95,7 @@ class ConvNormAct(nn.Module):
         self.conv = nn.Conv2d(in_dim, out_dim, layer.kernel_size, stride=layer.stride, padding=layer.pad,
                               groups=in_dim if layer.depthwise else 1, bias=layer.bias)
         self.norm = layer.norm.build(Context(out_dim, layout="channels_first")) if layer.norm else nn.Identity()
-        self.act = layer.act.build() if layer.act else nn.Identity()
+        self.act = inplace_act(layer.act) if layer.act else nn.Identity()  # on the conv/norm's fresh output
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.norm(self.conv(x)))
@@ -97,9 +111,9 @@ class ConvNormAct(nn.Module):
 class ConvStack(nn.Module):
     """conv-norm-act layers in sequence, (B, C_in, H, W) -> (B, C_out, H / prod(strides), W / prod(strides))."""
 
-    def __init__(self, in_dim: int, out_dim: int, *, layers: list[ConvLayer]) -> None:
+    def __init__(self, in_dim: int, out_dim: int, *, layers: list[ConvLayer], channels: list[int] | None = None) -> None:
         super().__init__()
-        widths = [int(layer.width * out_dim) for layer in layers]
+        widths = list(channels) if channels is not None else [int(layer.width * out_dim) for layer in layers]
         self.layers = nn.Sequential(*(ConvNormAct(i, o, layer) for i, o, layer in zip([in_dim, *widths], widths, layers)))
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
