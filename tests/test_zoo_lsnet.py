@@ -25,8 +25,7 @@ import metablocks
 from metablocks.components.token_mixers.levit_attention import bias_index
 from metablocks.components.token_mixers.lsconv import ska
 from metablocks.deploy import deploy
-from metablocks.interop.families.lsnet import convert_lsnet
-from metablocks.interop.timm import load_timm_state_dict
+from metablocks.interop.official.lsnet import convert_lsnet, load_lsnet
 from metablocks.recipe.errors import RecipeError
 from metablocks.registry import Context, get
 
@@ -105,7 +104,7 @@ def test_converted_weights_load_where_they_belong() -> None:
     theirs = {k: torch.randn(shape, generator=gen) if shape else torch.tensor(0)
               for k, shape in MANIFEST["keys"]["lsnet_t_distill"].items()}
     theirs = {k: v.long() if k.endswith("attention_bias_idxs") else v for k, v in theirs.items()}
-    model = load_timm_state_dict(metablocks.create_model("lsnet_t_distill"), theirs, timm_name="lsnet")
+    model = load_lsnet(metablocks.create_model("lsnet_t_distill"), theirs)
     assert torch.equal(model.stages[3].downsample.pw.conv.weight, theirs["blocks4.1.c.weight"])
     assert torch.equal(model.stages[3].blocks[1].token_mixer.proj.bn.weight, theirs["blocks4.3.mixer.m.proj.1.bn.weight"])
     assert torch.equal(model.stages[2].blocks[1].token_mixer.lkp.norm.bias, theirs["blocks3.3.mixer.lkp.norm.bias"])
@@ -297,8 +296,7 @@ def official_module():
 def test_logits_equal_the_official_model_with_a_pure_pytorch_ska(name: str) -> None:
     theirs = getattr(official_module(), name.removesuffix("_distill"))(distillation=name.endswith("_distill"))
     theirs = perturbed(theirs)  # eval() after the weights: the official attention caches its biases in eval()
-    ours = load_timm_state_dict(metablocks.create_model(name).eval(), copy.deepcopy(theirs.state_dict()),
-                                timm_name="lsnet")
+    ours = load_lsnet(metablocks.create_model(name).eval(), copy.deepcopy(theirs.state_dict()))
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         expected, got = theirs(x), ours(x)

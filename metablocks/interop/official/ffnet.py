@@ -1,5 +1,8 @@
-"""The official FFNet (ysj9909/FFNet ``models/ffnet.py``) -> metablocks keys: ``load_timm_state_dict(model, sd,
-timm_name="ffnet")`` or ``load_pretrained(model, "ffnet_1.pth.tar", timm_name="ffnet")``.
+"""Official FFNet weights (ysj9909/FFNet ``models/ffnet.py``; its checkpoints hold them under ``state_dict``) ->
+metablocks keys.
+
+    model = metablocks.create_model("ffnet_1")
+    load_ffnet(model, torch.load("ffnet_1.pth.tar")["state_dict"])
 
 The official model is ``patch_embed`` (Sequential: conv-BN, GELU, conv-BN), ``stages.i`` (Sequential: a PatchMerging
 first in every stage but the first, then FFBlocks), ``norm`` and ``head``. An FFBlock is ``token_mixer`` (Sequential:
@@ -10,10 +13,11 @@ conv; FFNet-1's channel mixer conv is a bare conv-BN where the others have a Rep
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from metablocks.interop.timm import register_converter
+from metablocks.interop.timm import _load_strict
 
 
 def _block_index(match: re.Match) -> str:
@@ -45,12 +49,18 @@ _RENAMES = [
 ]
 
 
-@register_converter("ffnet")
-def convert_ffnet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+def convert_ffnet(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official FFNet keys -> ours; layer scales (C, 1, 1) -> (C,), every other tensor as it is."""
     out = {}
     for key, value in state_dict.items():
         key = re.sub(r"^stages\.(\d+)\.(\d+)\.", _block_index, key)
         for pattern, replacement in _RENAMES:
             key = re.sub(pattern, replacement, key)
-        out[key] = value
+        out[key] = value.reshape(-1) if key.endswith(("layer_scale1.scale", "layer_scale2.scale")) else value
     return out
+
+
+def load_ffnet(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
+    """Load an official FFNet state_dict into ``model`` strictly; returns the model."""
+    _load_strict(model, convert_ffnet(state_dict), source="the official FFNet weights", theirs="official")
+    return model

@@ -1,5 +1,8 @@
-"""The official LSNet (THU-MIG/lsnet ``model/lsnet.py``) -> metablocks keys: ``load_timm_state_dict(model, sd,
-timm_name="lsnet")`` or ``load_pretrained(model, "lsnet_t.pth", timm_name="lsnet")``.
+"""Official LSNet weights (THU-MIG/lsnet ``model/lsnet.py``; its checkpoints hold them under ``model``) -> metablocks
+keys.
+
+    model = metablocks.create_model("lsnet_t")
+    load_lsnet(model, torch.load("lsnet_t.pth")["model"])
 
 The official model is ``patch_embed`` (Sequential: three conv-BNs with ReLUs between), ``blocks1..4`` (Sequential:
 from the second on, the downsample's two conv-BNs first, then the blocks) and ``head`` (``bn`` -> ``l``; with
@@ -10,10 +13,11 @@ attention's output projection is ``proj.1`` after a ReLU; ``attention_bias_idxs`
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from metablocks.interop.timm import register_converter
+from metablocks.interop.timm import _load_strict
 
 
 def _stage_index(match: re.Match) -> str:
@@ -41,8 +45,8 @@ _DISTILLED = [(r"^head\.fc\.", "head.fc.cls.linear."), (r"^head\.norm\.inner\.",
               (r"^head_dist\.bn\.", "head.fc.dist.norm.inner."), (r"^head_dist\.l\.", "head.fc.dist.linear.")]
 
 
-@register_converter("lsnet")
-def convert_lsnet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+def convert_lsnet(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Official LSNet keys -> ours (tensors unchanged); ``attention_bias_idxs`` left out (ours is rebuilt, not saved)."""
     distilled = any(key.startswith("head_dist.") for key in state_dict)
     out = {}
     for key, value in state_dict.items():
@@ -53,3 +57,9 @@ def convert_lsnet(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
             key = re.sub(pattern, replacement, key)
         out[key] = value
     return out
+
+
+def load_lsnet(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
+    """Load an official LSNet state_dict into ``model`` strictly; returns the model."""
+    _load_strict(model, convert_lsnet(state_dict), source="the official LSNet weights", theirs="official")
+    return model
