@@ -152,3 +152,23 @@ def test_other_resolutions_and_windows(tiny) -> None:
     with pytest.raises(metablocks.RecipeError, match=r"stages\[2\].*does not split into 3x3 windows"):
         metablocks.build_model("tiny_moat_0", overrides=["img_size=128", "stages[2].slots.attention.window_size=[3, 3]"])
     assert all(isinstance(b, Block) for b in tiny.stages[0].blocks)
+
+
+def test_micro_moat_scripts_and_traces() -> None:
+    """TorchScript and torch.fx take the same-padding convs and pools, the resized position tables and the windows
+    (the shipped sizes are in the slow tests/test_script_fx.py battery)."""
+    import warnings
+
+    fx = pytest.importorskip("torchvision.models.feature_extraction")
+    model = metablocks.build_model("tiny_moat_0", overrides=[*MICRO, "stages[2].slots.attention.window_size=[3, 3]"]).eval()
+    x = torch.randn(1, 3, 48, 48)
+    with torch.no_grad():
+        expected = model(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.script(model)
+        assert torch.allclose(scripted(x), expected, atol=1e-5)
+        traced = fx.create_feature_extractor(model, return_nodes=[fx.get_graph_node_names(model)[1][-1]])
+        assert torch.allclose(next(iter(traced(x).values())), expected, atol=1e-6)
+        other = torch.randn(1, 3, 96, 40)  # eager and TorchScript follow another size (pads, tables: 6x3, 3x2 maps)
+        assert torch.allclose(scripted(other), model(other), atol=1e-5)
