@@ -37,7 +37,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, Str
                       model_serializer, model_validator)
 from torch import Tensor, nn
 
-from metablocks.components.acts import inplace_act
+from metablocks.components.acts.elementwise import inplace_act
 from metablocks.fields import MAX_IMG_SIZE, Probability, Ratio, Scale, Width
 from metablocks.layout import permutation, resolve
 from metablocks.registry import SLOT_KINDS, Component, Context, Layout, Ref, did_you_mean

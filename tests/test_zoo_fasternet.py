@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import metablocks
 from metablocks import RecipeError
 from metablocks.components.composites.split import Split
-from metablocks.components.conv_head import ConvHead
+from metablocks.components.heads.conv_head import ConvHead
 from zoo_timm import assert_equal_to_timm
 
 timm = pytest.importorskip("timm")

@@ -19,7 +19,7 @@ from torch import nn
 from zoo_timm import n_params, perturb
 
 import metablocks
-from metablocks.components.repvgg_merging import RepVGGMerging
+from metablocks.components.downsamples.repvgg_merging import RepVGGMerging
 from metablocks.components.token_mixers.repvgg_dw import RepVGGDW
 from metablocks.deploy import deploy
 from metablocks.interop.official.ffnet import convert_ffnet, load_ffnet

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from torch import Tensor, nn
 
-from metablocks.components.acts import inplace_act
+from metablocks.components.acts.elementwise import inplace_act
 from metablocks.fields import Probability, Ratio, width_problems
 from metablocks.registry import Component, Context, Ref, register
 

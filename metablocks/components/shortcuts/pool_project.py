@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metablocks.components.same_padding import avg_pool_same
+from metablocks.components.common.same_padding import avg_pool_same
 from metablocks.fields import Kernel
 from metablocks.registry import Component, Context, register
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from torch import Tensor, nn
 
-from metablocks.components.reparam import ConvBN
+from metablocks.components.common.reparam import ConvBN
 from metablocks.registry import Component, Context, Ref, register
 
 

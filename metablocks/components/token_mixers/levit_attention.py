@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metablocks.components.reparam import ConvBN
+from metablocks.components.common.reparam import ConvBN
 from metablocks.fields import Heads, Kernel, Ratio
 from metablocks.registry import Component, Context, Ref, register
 from metablocks.tracing import fx_tracing

@@ -11,7 +11,7 @@ from typing import Annotated
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metablocks.components.reparam import ConvBN
+from metablocks.components.common.reparam import ConvBN
 from metablocks.fields import Kernel, Width
 from metablocks.registry import Component, Context, Ref, register
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor, nn
 
-from metablocks.components.same_padding import PaddingMode, conv2d
+from metablocks.components.common.same_padding import PaddingMode, conv2d
 from metablocks.fields import Kernel, Ratio, width_problems
 from metablocks.registry import Component, Context, Ref, register
 

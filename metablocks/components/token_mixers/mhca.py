@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from torch import Tensor, nn
 
-from metablocks.components.acts import inplace_act
+from metablocks.components.acts.elementwise import inplace_act
 from metablocks.fields import Heads, Kernel
 from metablocks.layout import build_at
 from metablocks.registry import Component, Context, Ref, register

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metablocks.components.reparam import ConvBN, absorb_into_conv, fuse_conv_bn
+from metablocks.components.common.reparam import ConvBN, absorb_into_conv, fuse_conv_bn
 from metablocks.fields import Kernel
 from metablocks.registry import Component, Context, register
 

@@ -5,7 +5,7 @@ from typing import Annotated, Any
 
 from torch import Tensor, nn
 
-from metablocks.components.conv_arith import conv_out
+from metablocks.components.common.conv_arith import conv_out
 from metablocks.fields import Kernel, Padding, Stride
 from metablocks.registry import Component, Context, Ref, register
 

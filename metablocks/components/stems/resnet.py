@@ -9,8 +9,8 @@ from typing import Annotated, Any
 from pydantic import Field
 from torch import Tensor, nn
 
-from metablocks.components.acts import inplace_act
-from metablocks.components.conv_arith import conv_out
+from metablocks.components.acts.elementwise import inplace_act
+from metablocks.components.common.conv_arith import conv_out
 from metablocks.fields import Kernel, Width
 from metablocks.registry import Component, Context, Ref, register
 

@@ -8,9 +8,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
-from metablocks.components.acts import inplace_act
-from metablocks.components.conv_arith import conv_out
-from metablocks.components.reparam import fold_bn_into_conv
+from metablocks.components.acts.elementwise import inplace_act
+from metablocks.components.common.conv_arith import conv_out
+from metablocks.components.common.reparam import fold_bn_into_conv
 from metablocks.fields import Kernel, Padding, Ratio, Stride, Width
 from metablocks.registry import Component, Context, Ref, register
 

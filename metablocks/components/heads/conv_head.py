@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 
 from torch import Tensor, nn
 
-from metablocks.components.acts import inplace_act
-from metablocks.components.heads import checked_pool
+from metablocks.components.acts.elementwise import inplace_act
+from metablocks.components.heads.classifier import checked_pool
 from metablocks.fields import Probability, Width
 from metablocks.registry import Component, Context, Ref, register
 

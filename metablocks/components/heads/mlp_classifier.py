@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from torch import Tensor, nn
 
-from metablocks.components.heads import checked_pool
+from metablocks.components.heads.classifier import checked_pool
 from metablocks.fields import Probability, Ratio
 from metablocks.layout import build_at
 from metablocks.registry import Component, Context, Ref, register

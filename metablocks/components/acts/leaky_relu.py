@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from torch import nn
 
-from metablocks.components.acts import Activation
+from metablocks.components.acts.elementwise import Activation
 from metablocks.fields import MAX_SCALE
 from metablocks.registry import register
 

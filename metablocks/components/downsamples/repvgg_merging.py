@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metablocks.components.conv_arith import conv_out
+from metablocks.components.common.conv_arith import conv_out
 from metablocks.components.token_mixers.repvgg_dw import RepVGGDW, RepVGGDWConfig
 from metablocks.fields import Kernel, Stride
 from metablocks.registry import Component, Context, register

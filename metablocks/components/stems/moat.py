@@ -9,7 +9,7 @@ from typing import Annotated, Any
 from pydantic import Field
 from torch import nn
 
-from metablocks.components.same_padding import PaddingMode, conv2d
+from metablocks.components.common.same_padding import PaddingMode, conv2d
 from metablocks.fields import Kernel, Width
 from metablocks.registry import Component, Context, Ref, register
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from torch import Tensor, nn
 
-from metablocks.components.heads import PoolHead
+from metablocks.components.heads.classifier import PoolHead
 from metablocks.fields import Probability
 from metablocks.layout import build_at
 from metablocks.registry import Component, Context, Ref, register

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 from torch import Tensor, nn
 
 from metablocks.blocks import overwritable
-from metablocks.components.acts import inplace_act
-from metablocks.components.conv_arith import conv_out
+from metablocks.components.acts.elementwise import inplace_act
+from metablocks.components.common.conv_arith import conv_out
 from metablocks.fields import Stride
 from metablocks.registry import Component, Context, Ref, register
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from metablocks.components.conv_arith import conv_out
-from metablocks.components.reparam import ConvBN
+from metablocks.components.common.conv_arith import conv_out
+from metablocks.components.common.reparam import ConvBN
 from metablocks.fields import Kernel, Stride
 from metablocks.registry import Component, Context, register
 
