@@ -40,7 +40,7 @@ class ConvStackConfig(Component):
     layers: list[ConvLayer] = Field(min_length=1, max_length=64)
     # the layers' own widths, one per layer (Next-ViT's stem: 64, 32, 64, 64); the stack then sets its output width
     # as the ResNet stem does, instead of taking the next stage's. None: each layer's ``width`` x the output channels
-    channels: list[Width] | None = None
+    channels: Annotated[list[Width], Field(min_length=1, max_length=64)] | None = None  # [] would give no out_dim
 
     def out_dim(self, dim: int) -> int:
         return self.channels[-1] if self.channels is not None else dim
