@@ -115,7 +115,7 @@ def make_divisible(value: float, divisor: int) -> int:
     return rounded + divisor if rounded < 0.9 * int(value) else rounded
 
 
-BranchSpec = Annotated[Branch, BeforeValidator(_path_as_branch)]
+BranchSpec = Annotated[Branch, BeforeValidator(_path_as_branch, json_schema_input_type=list[SlotName] | Branch)]
 SlotComponent = Annotated[Component, Ref(SLOT_KINDS)]
 NEW_BLOCK_FIELDS = ("slots", "shortcut")  # left out of dumps at their default, so earlier recipes keep their model_id
 
