@@ -153,8 +153,9 @@ def test_grammar_mistakes_are_located_errors() -> None:
         ({"branches": [{"path": ["token_mixer"], "kind": "plain", "drop_path": 0.5}]},
          "a plain branch has no shortcut to scale or drop: drop_path applies to residual branches only"),
         ({"branches": [{"path": ["token_mixer"], "round_to": 8}]}, "round_to rounds the branch's width: give width too"),
-        ({"slots": {"x": {"type": "identity"}}, "branches": [["x"]]}, "'identity' is a token_mixer and a act: say which "
-                                                                     "with kind: token_mixer"),
+        ({"slots": {"x": {"type": "identity"}}, "branches": [["x"]]}, "'identity' is registered as token_mixer, "
+                                                                     "channel_mixer, act: say which with kind: "
+                                                                     "(token_mixer | channel_mixer | act)"),
         ({"slots": {"se": "squeeze_excite"}}, "slots.se: slot 'se' is in no branch's path: use it in branches, or "
                                               "remove it"),
         ({"slots": {"x": {"type": "poolin"}}}, "did you mean 'pooling'?"),
