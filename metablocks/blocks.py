@@ -37,7 +37,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, Str
                       model_serializer, model_validator)
 from torch import Tensor, nn
 
-from metablocks.components.acts import inplace_act
+from metablocks.components.acts.elementwise import inplace_act
 from metablocks.fields import MAX_IMG_SIZE, Probability, Ratio, Scale, Width
 from metablocks.layout import permutation, resolve
 from metablocks.registry import SLOT_KINDS, Component, Context, Layout, Ref, did_you_mean
@@ -115,7 +115,7 @@ def make_divisible(value: float, divisor: int) -> int:
     return rounded + divisor if rounded < 0.9 * int(value) else rounded
 
 
-BranchSpec = Annotated[Branch, BeforeValidator(_path_as_branch)]
+BranchSpec = Annotated[Branch, BeforeValidator(_path_as_branch, json_schema_input_type=list[SlotName] | Branch)]
 SlotComponent = Annotated[Component, Ref(SLOT_KINDS)]
 NEW_BLOCK_FIELDS = ("slots", "shortcut")  # left out of dumps at their default, so earlier recipes keep their model_id
 
@@ -318,8 +318,8 @@ def plan_block(config: BlockConfig, dim: int, *, in_dim: int | None = None, stri
                             and type(config.component(slot)).can_change(step_stride)), None)
             if changer is None:
                 if i == 1:
-                    plan.untransitioned = (f"none of {', '.join(config.component(s).name for s in spec.path)} takes "
-                                           f"in_dim/out_dim")
+                    plan.untransitioned = (f"none of {', '.join(config.component(s).name for s in spec.path if s != 'norm')}"
+                                           f" takes in_dim/out_dim")
                 what = (f"from width {cur} to {out}" if out != cur else "") + (
                     f"{' and ' if out != cur else ''}with stride {step_stride}" if step_stride != 1 else "")
                 plan.problems.append((loc, f"branch {i} must change the map {what}, but none of its components "

@@ -12,7 +12,7 @@ Generic for every recipe, in three passes (each a no-op where it finds nothing t
 3. **Conv -> BatchNorm anywhere** (stems, downsamplers, inside components): folded into the conv.
 
 The output layer of a module is found in one of two ways: the module's own ``absorb_affine(scale, shift)``
-(components that know best, see components/reparam.py), or by tracing the module with torch.fx (its children as
+(components that know best, see components/common/reparam.py), or by tracing the module with torch.fx (its children as
 leaves) and walking back from its output through Dropout/Identity/DropPath and channel-preserving
 ``einops.rearrange`` calls to an ``nn.Linear`` or ``nn.Conv2d`` (recursing into custom children), checking on the
 way that no intermediate value has another user and that the layer runs once. Anything else is left as it is.

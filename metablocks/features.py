@@ -7,11 +7,43 @@ backbone's state_dict (without ``head.*``) loads into it. ``feature_info`` answe
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from torch import Tensor, nn
 
-from metablocks.model import MetaModel, feature_take_indices, stage_block_outputs
+from metablocks.layout import permutation
+
+if TYPE_CHECKING:  # the model imports this module; this one needs the model's type only
+    from metablocks.model import MetaModel, Stage
+
+
+def stage_block_outputs(stage: Stage, x: Tensor) -> Iterator[Tensor]:
+    """The (B, C, H, W) output of each block of ``stage`` in turn (the feature levels of an isotropic model)."""
+    x = stage.downsample(x)
+    for perm, block in zip(stage._perms, stage.blocks):
+        x = block(x.permute(perm) if perm else x)
+        back = permutation(block.io_layout, "channels_first")
+        yield x.permute(back) if back else x
+
+
+def feature_take_indices(count: int, indices: int | Iterable[int] | None, name: str) -> list[int]:
+    """timm's feature indices: None -> all ``count`` levels, n -> the last n, a list -> those (negative from the end)."""
+    if indices is None:
+        return list(range(count))
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ValueError(f"indices={indices}: {name} has {count} feature levels, so the last n takes n in 1..{count}")
+        return list(range(count - indices, count))
+    taken = []
+    for i in indices:
+        if not -count <= i < count:
+            raise ValueError(f"indices: {name} has {count} feature levels ({-count}..{count - 1}), got {i}")
+        taken.append(i % count)
+    if not taken:
+        raise ValueError(f"indices: no feature level given; {name} has {count} ({-count}..{count - 1})")
+    return sorted(set(taken))
+
+
 
 
 class FeatureInfo:

@@ -36,15 +36,17 @@ class Relayout(nn.Module):
     def __init__(self, inner: nn.Module, *, site: Site, inner_layout: Layout) -> None:
         super().__init__()
         self.inner, self.site, self.inner_layout = inner, site, inner_layout
+        outer: Layout = "channels_last" if site == "vector" else site  # a vector site, seen as a map: (B, H, W, C)
+        # the permutes as plain int lists (identity when the layouts agree: a view), so TorchScript takes forward
+        self._to_inner = list(permutation(outer, inner_layout) or (0, 1, 2, 3))
+        self._from_inner = list(permutation(inner_layout, outer) or (0, 1, 2, 3))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.site == "vector" and x.ndim == 2:  # (B, C) -> a 1x1 map in the inner layout -> (B, C)
-            x = x[:, :, None, None] if self.inner_layout == "channels_first" else x[:, None, None, :]
-            return self.inner(x).flatten(1)
-        if self.site == "vector":  # channels last at every position of a head without global pool: (B, H, W, C)
-            return to_layout(self.inner(to_layout(x, "channels_last", self.inner_layout)), self.inner_layout,
-                             "channels_last")
-        return to_layout(self.inner(to_layout(x, self.site, self.inner_layout)), self.inner_layout, self.site)
+        if self.site == "vector":  # (B, C), or (B, H, W, C) in a head without global pool, as a (B, L, 1, C) map: no
+            shape = x.shape  # branch on the rank, so torch.fx traces it
+            x = x.reshape(shape[0], -1, 1, shape[-1])
+            return self.inner(x.permute(self._to_inner)).permute(self._from_inner).reshape(shape)
+        return self.inner(x.permute(self._to_inner)).permute(self._from_inner)
 
 
 def build_at(component: Component, dim: int, site: Site, *, resolution: tuple[int, int] | None = None) -> nn.Module:

@@ -10,7 +10,7 @@ torch.fx and TorchScript read ``MetaModel.forward``'s annotations as types, so t
 ``from __future__ import annotations``).
 """
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -25,8 +25,7 @@ from metablocks.recipe.schema import Recipe, StageConfig
 from metablocks.registry import Component, Context, Layout
 from metablocks.tracing import fx_tracing
 
-if TYPE_CHECKING:
-    from metablocks.features import FeatureExtractor
+from metablocks.features import FeatureExtractor, feature_take_indices, stage_block_outputs
 
 
 class Stage(nn.Module):
@@ -246,6 +245,12 @@ class MetaModel(nn.Module):
         new_stages = list(self.recipe.stages)
         for s in stage_ids:
             stage, config = self.stages[s], self.recipe.stages[s]
+            templated = [name for name in dict.fromkeys(config.pattern or [])
+                         if "token_mixer" in config.blocks[name].model_fields_set]
+            if templated:
+                raise _api_error("stages", f"stage {s} takes its token mixers from its block templates "
+                                           f"({', '.join(templated)}): set_token_mixer would not reach them; edit the "
+                                           f"recipe's blocks.{templated[0]}.token_mixer instead")
             block_ids = range(config.depth) if blocks is None else _checked_indices(
                 blocks, config.depth, "blocks", f"stage {s} has depth {config.depth}, so it has")
             mixers = [config.token_mixer[j % len(config.token_mixer)] for j in range(config.depth)]
@@ -295,33 +300,6 @@ def _checked_indices(indices: Iterable[int], count: int, what: str, owner: str) 
         raise _api_error(what, f"{what}={indices}: {owner} {count} {what} (indices 0..{count - 1}, or -{count}..-1 "
                                f"from the end); out of range: {', '.join(map(str, bad))}")
     return sorted({i % count for i in indices})
-
-def stage_block_outputs(stage: Stage, x: Tensor) -> Iterator[Tensor]:
-    """The (B, C, H, W) output of each block of ``stage`` in turn (the feature levels of an isotropic model)."""
-    x = stage.downsample(x)
-    for perm, block in zip(stage._perms, stage.blocks):
-        x = block(x.permute(perm) if perm else x)
-        back = permutation(block.io_layout, "channels_first")
-        yield x.permute(back) if back else x
-
-
-def feature_take_indices(count: int, indices: int | Iterable[int] | None, name: str) -> list[int]:
-    """timm's feature indices: None -> all ``count`` levels, n -> the last n, a list -> those (negative from the end)."""
-    if indices is None:
-        return list(range(count))
-    if isinstance(indices, int):
-        if not 0 < indices <= count:
-            raise ValueError(f"indices={indices}: {name} has {count} feature levels, so the last n takes n in 1..{count}")
-        return list(range(count - indices, count))
-    taken = []
-    for i in indices:
-        if not -count <= i < count:
-            raise ValueError(f"indices: {name} has {count} feature levels ({-count}..{count - 1}), got {i}")
-        taken.append(i % count)
-    if not taken:
-        raise ValueError(f"indices: no feature level given; {name} has {count} ({-count}..{count - 1})")
-    return sorted(set(taken))
-
 
 def _module_names(module: nn.Module, prefix: str, kinds: tuple[type, ...]) -> list[str]:
     return [f"{prefix}.{name}" for name, m in module.named_modules() if name and isinstance(m, kinds)]
@@ -502,6 +480,4 @@ def create_model(model_name: str, pretrained: bool = False, *, features_only: bo
         load_pretrained(model, checkpoint_path, strict=True)
     if not features_only:
         return model
-    from metablocks.features import FeatureExtractor
-
     return FeatureExtractor(model, out_indices)

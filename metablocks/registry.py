@@ -443,8 +443,9 @@ class Ref:
                                       {"kind": " or ".join(kinds), "given": repr(name), "hint": hint,
                                        "allowed": ", ".join(allowed), "plugins": "" if hint else f" ({PLUGIN_HINT})"})
         if len(found) > 1:
-            raise PydanticCustomError("ambiguous_component", "{given} is a {kinds}: say which with kind: {first}",
-                                      {"given": repr(name), "kinds": " and a ".join(found), "first": found[0]})
+            raise PydanticCustomError("ambiguous_component", "{given} is registered as {kinds}: say which with kind: "
+                                      "({options})", {"given": repr(name), "kinds": ", ".join(found),
+                                                      "options": " | ".join(found)})
         try:
             return _REGISTRY[found[0]][name].model_validate(value)
         except ValidationError as err:

@@ -21,7 +21,7 @@ from pydantic.fields import FieldInfo
 
 import metablocks
 from metablocks.blocks import BLOCK_SHAPES
-from metablocks.registry import KINDS, Component, Ref, configs
+from metablocks.registry import KINDS, SLOT_KINDS, Component, Ref, configs
 
 MAX_DEPTH = 2  # components nested in components nested in ...
 
@@ -52,8 +52,12 @@ def _number(kind: type, bounds: dict[str, Any]) -> st.SearchStrategy:
     lo = -4.0 if lo is None else float(lo)
     hi = 4.0 if hi is None else float(hi)
     lo, hi = max(lo, -4.0), min(hi, max(lo, 0.0) + 4.0)  # a window near zero or near the low end
-    return st.floats(lo, hi, allow_nan=False, allow_infinity=False,
-                     exclude_min="gt" in bounds and lo == bounds["gt"], exclude_max="lt" in bounds and hi == bounds["lt"])
+    floats = st.floats(lo, hi, allow_nan=False, allow_infinity=False,
+                       exclude_min="gt" in bounds and lo == bounds["gt"], exclude_max="lt" in bounds and hi == bounds["lt"])
+    # and the round values recipes use (a quarter of the channels, ratio 2), which arbitrary floats rarely hit
+    round_values = [v for v in (0.25, 0.5, 0.75, 1.0, 2.0, 4.0) if lo <= v <= hi and v != bounds.get("gt")
+                    and v != bounds.get("lt")]
+    return st.one_of(st.sampled_from(round_values), floats) if round_values else floats
 
 
 def value_for(annotation: Any, metadata: list[Any], depth: int) -> st.SearchStrategy | None:
@@ -63,11 +67,11 @@ def value_for(annotation: Any, metadata: list[Any], depth: int) -> st.SearchStra
         inner, *extra = typing.get_args(annotation)
         refs = [m for m in extra if isinstance(m, Ref)]
         if refs:
-            return component(refs[0].kind, depth + 1)
+            return referenced(refs[0], depth + 1)
         return value_for(inner, [*metadata, *extra], depth)
     refs = [m for m in metadata if isinstance(m, Ref)]
     if refs:
-        return component(refs[0].kind, depth + 1)
+        return referenced(refs[0], depth + 1)
     if origin in (typing.Union, types.UnionType):
         options = [value_for(arg, metadata if arg is not type(None) else [], depth) for arg in typing.get_args(annotation)]
         options = [o for o in options if o is not None]
@@ -108,32 +112,98 @@ def fields_of(cls: type[BaseModel], depth: int) -> st.SearchStrategy:
     return st.fixed_dictionaries(required, optional=optional)
 
 
+def holds_components(annotation: Any) -> bool:
+    """Does a value of ``annotation`` contain a component (directly, in a list, or in a nested model's fields)?"""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        inner, *extra = typing.get_args(annotation)
+        return any(isinstance(m, Ref) for m in extra) or holds_components(inner)
+    if origin is not None:
+        return any(holds_components(arg) for arg in typing.get_args(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return any(holds_components(f.annotation) or any(isinstance(m, Ref) for m in f.metadata)
+                   for f in annotation.model_fields.values())
+    return False
+
+
+def is_leaf(cfg: type[Component]) -> bool:
+    """A component that can be drawn without drawing another one (no required field holds a component): what is
+    drawn past MAX_DEPTH, so components made of components (split, seq, ...) do not nest without end."""
+    return not any(f.is_required() and (holds_components(f.annotation) or any(isinstance(m, Ref) for m in f.metadata))
+                   for f in cfg.model_fields.values())
+
+
 def component(kind: str, depth: int = 0) -> st.SearchStrategy:
     """``{"type": name, ...fields}`` for any shipped component of ``kind``."""
-    return st.sampled_from(shipped_configs(kind)).flatmap(
+    choices = [cfg for cfg in shipped_configs(kind) if depth <= MAX_DEPTH or is_leaf(cfg)]
+    return st.sampled_from(choices).flatmap(
         lambda cfg: fields_of(cfg, depth).map(lambda fields, name=cfg.name: {"type": name, **fields}))
+
+
+def referenced(ref: Ref, depth: int) -> st.SearchStrategy:
+    """A component for a ``Ref`` field; one that takes several kinds (a named slot, a composite's part: a mixer, a
+    norm or an act) draws from each, naming the kind (``kind:``) where the name is found in another of them too."""
+    kinds = tuple(getattr(ref, "kinds", (ref.kind,)))
+    if len(kinds) == 1:
+        return component(kinds[0], depth)
+
+    def named(kind: str, drawn: dict[str, Any]) -> dict[str, Any]:
+        elsewhere = any(drawn["type"] in {cfg.name for cfg in configs(k)} for k in kinds if k != kind)
+        return {"kind": kind, **drawn} if elsewhere else drawn
+
+    return st.sampled_from(kinds).flatmap(lambda kind: component(kind, depth).map(lambda drawn: named(kind, drawn)))
+
+
+@st.composite
+def block_fields(draw: Any, depth: int) -> dict[str, Any]:
+    """The fields of one block: its standard slots, and sometimes named slots, spelled-out branches of every kind
+    (with drop-path and scale switches and widths), a shortcut."""
+    fields: dict[str, Any] = {}
+    mixers = draw(st.lists(component("token_mixer"), min_size=1, max_size=max(depth, 1)))
+    fields["token_mixer"] = mixers if len(mixers) > 1 else mixers[0]
+    fields["channel_mixer"] = draw(st.one_of(st.none(), component("channel_mixer")))
+    fields["norm"] = draw(st.one_of(st.none(), component("norm")))
+    fields["shape"] = draw(st.sampled_from(sorted(BLOCK_SHAPES)))
+    for scale in ("layer_scale", "res_scale"):
+        fields[scale] = draw(st.one_of(st.none(), st.floats(-2.0, 2.0)))
+    fields["post_act"] = draw(st.one_of(st.none(), component("act")))
+    fields["layout"] = draw(st.sampled_from([None, "channels_first", "channels_last"]))
+    if draw(st.booleans()):  # the grammar: named slots, branches of every kind
+        names = draw(st.lists(st.sampled_from(["cpe", "se", "pre", "gate"]), max_size=2, unique=True))
+        fields["slots"] = {name: draw(referenced(Ref(SLOT_KINDS), 0)) for name in names}
+        known = ["norm", "token_mixer", "channel_mixer", *names]
+        branch = st.fixed_dictionaries(
+            {"path": st.lists(st.sampled_from(known), min_size=1, max_size=3)},
+            optional={"kind": st.sampled_from(["residual", "plain", "concat"]),
+                      "drop_path": st.one_of(st.booleans(), st.sampled_from([0.25, 0.75])),
+                      "layer_scale": st.booleans(), "width": st.sampled_from([0.25, 0.5, 0.75, 1.0])})
+        fields["branches"] = draw(st.lists(branch, min_size=1, max_size=4))
+    fields["shortcut"] = draw(st.one_of(st.none(), component("shortcut")))
+    return fields
 
 
 @st.composite
 def recipes(draw: Any) -> dict[str, Any]:
-    """A small random recipe: 1-3 stages of 1-2 blocks, widths 4-64, a 12-40 px input."""
+    """A small random recipe: 1-3 stages of 0-2 blocks, widths 4-64, a 12-40 px input; block fields from
+    ``block_fields``, sometimes through two templates and a pattern, per-block widths, a stride, a stage's own
+    drop-path rate."""
     n = draw(st.integers(1, 3))
     dims = [draw(st.sampled_from([4, 8, 12, 16, 24, 32, 48, 64])) for _ in range(n)]
     stages = []
     for i, dim in enumerate(dims):
-        stage: dict[str, Any] = {"depth": draw(st.integers(1, 2)), "dim": dim}
-        mixers = draw(st.lists(component("token_mixer"), min_size=1, max_size=stage["depth"]))
-        stage["token_mixer"] = mixers if len(mixers) > 1 else mixers[0]
-        stage["channel_mixer"] = draw(st.one_of(st.none(), component("channel_mixer")))
-        stage["norm"] = draw(st.one_of(st.none(), component("norm")))
-        stage["shape"] = draw(st.sampled_from(sorted(BLOCK_SHAPES)))
-        for scale in ("layer_scale", "res_scale"):
-            stage[scale] = draw(st.one_of(st.none(), st.floats(-2.0, 2.0)))
-        stage["post_act"] = draw(st.one_of(st.none(), component("act")))
-        stage["layout"] = draw(st.sampled_from([None, "channels_first", "channels_last"]))
+        depth = draw(st.sampled_from([0, 1, 1, 2, 2]))
+        stage: dict[str, Any] = {"depth": depth, "dim": dim, **draw(block_fields(depth))}
+        if depth == 2 and draw(st.integers(0, 3)) == 0:
+            stage["dim"] = [dim, draw(st.sampled_from([4, 8, 16]))]
+        if depth and draw(st.integers(0, 3)) == 0:
+            stage["blocks"] = {"a": draw(block_fields(1)), "b": draw(block_fields(1))}
+            stage["pattern"] = draw(st.sampled_from([["a"], ["a", "b"], ["b", "a"]]))
+        if draw(st.integers(0, 3)) == 0:
+            stage["drop_path_rate"] = 0.2
         if i > 0:
-            stage["downsample"] = draw(st.one_of(st.none(), component("downsample")) if dim == dims[i - 1]
-                                       else component("downsample"))
+            stage["downsample"] = draw(st.one_of(st.none(), component("downsample")))
+            if stage["downsample"] is None:
+                stage["stride"] = draw(st.sampled_from([1, 1, 2]))
         stages.append(stage)
     return {"name": "fuzz", "in_chans": draw(st.integers(1, 3)), "img_size": draw(st.sampled_from([12, 16, 24, 32, 33, 40])),
             "num_classes": draw(st.integers(0, 10)), "drop_path_rate": draw(st.sampled_from([0.0, 0.1])),

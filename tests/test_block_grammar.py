@@ -153,8 +153,9 @@ def test_grammar_mistakes_are_located_errors() -> None:
         ({"branches": [{"path": ["token_mixer"], "kind": "plain", "drop_path": 0.5}]},
          "a plain branch has no shortcut to scale or drop: drop_path applies to residual branches only"),
         ({"branches": [{"path": ["token_mixer"], "round_to": 8}]}, "round_to rounds the branch's width: give width too"),
-        ({"slots": {"x": {"type": "identity"}}, "branches": [["x"]]}, "'identity' is a token_mixer and a act: say which "
-                                                                     "with kind: token_mixer"),
+        ({"slots": {"x": {"type": "identity"}}, "branches": [["x"]]}, "'identity' is registered as token_mixer, "
+                                                                     "channel_mixer, act: say which with kind: "
+                                                                     "(token_mixer | channel_mixer | act)"),
         ({"slots": {"se": "squeeze_excite"}}, "slots.se: slot 'se' is in no branch's path: use it in branches, or "
                                               "remove it"),
         ({"slots": {"x": {"type": "poolin"}}}, "did you mean 'pooling'?"),
@@ -200,3 +201,20 @@ def test_the_block_composite_inside_a_gate_like_seq() -> None:
     y = y + inner.channel_mixer(inner.norm2(y))
     assert torch.allclose(block(x), x + y, atol=1e-5)
     assert F.mse_loss(block(x), x) > 0
+
+
+def test_set_token_mixer_on_transitions_and_templates() -> None:
+    """Swapping the mixer of a stage whose first block is a transition keeps the transition; a stage whose mixers come
+    from block templates says where to edit them instead of changing nothing."""
+    r = recipe([{"depth": 2, "dim": 8}, {"depth": 2, "dim": 16, "stride": 2}],
+               block={"norm": None, "channel_mixer": None, "shortcut": "projection",
+                      "token_mixer": {"type": "bottleneck", "ratio": 0.5}})
+    model = metablocks.build_model(r)
+    model.set_token_mixer({"type": "bottleneck", "ratio": 0.25}, stages=[1])
+    assert model.stages[1].blocks[0].in_dim == 8 and model.stages[1].blocks[0].token_mixer.conv1.out_channels == 4
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 3)
+    templated = metablocks.build_model(recipe([{"depth": 2, "dim": 8, "pattern": ["a"],
+                                                "blocks": {"a": {"token_mixer": "identity"}}}]))
+    with pytest.raises(RecipeError) as err:
+        templated.set_token_mixer("pooling")
+    assert "stage 0 takes its token mixers from its block templates (a): set_token_mixer would not reach them" in str(err.value)

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 import metablocks
 from metablocks.blocks import Block, BlockConfig, DropPath
-from metablocks.components.acts import inplace_act
+from metablocks.components.acts.elementwise import inplace_act
 from metablocks.registry import get
 
 

@@ -13,10 +13,10 @@ from helpers import small_model  # noqa: E402
 
 
 def block_inputs(model: torch.nn.Module, size: int) -> list[tuple[Block, torch.Tensor]]:
-    """The first block of every stage with its real input (captured by a hook on an eager forward)."""
+    """The first block of every stage that has blocks, with its real input (captured by a hook on an eager forward)."""
     found: list[tuple[Block, torch.Tensor]] = []
     hooks = [stage.blocks[0].register_forward_pre_hook(lambda m, args: found.append((m, args[0].detach().clone())))
-             for stage in model.stages]
+             for stage in model.stages if len(stage.blocks)]  # a stage of depth 0 (LSNet-T's first) has none
     with torch.no_grad():
         model(torch.randn(1, 3, size, size))
     for h in hooks:

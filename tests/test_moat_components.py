@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metablocks.components.same_padding import Conv2dSame, avg_pool_same, conv2d, same_pads
+from metablocks.components.common.same_padding import Conv2dSame, avg_pool_same, conv2d, same_pads
 from metablocks.components.token_mixers.relpos_attention import (RelPosAttentionConfig, relative_bias,
                                                                  relative_position_index, resized_table)
 from metablocks.recipe.errors import RecipeError, check_block

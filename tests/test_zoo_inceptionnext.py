@@ -5,7 +5,7 @@ import torch
 
 import metablocks
 from metablocks import RecipeError
-from metablocks.components.mlp_classifier_head import MlpClassifierHead
+from metablocks.components.heads.mlp_classifier import MlpClassifierHead
 from metablocks.components.token_mixers.inception_dwconv import InceptionDWConv
 from zoo_timm import assert_equal_to_timm
 

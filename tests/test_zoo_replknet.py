@@ -6,7 +6,7 @@ from torch import nn
 
 import metablocks
 from metablocks.components.channel_mixers.conv_ffn import ConvFFN
-from metablocks.components.conv_stack import ConvStack
+from metablocks.components.stems.conv_stack import ConvStack
 from metablocks.deploy import deploy as reparameterize_model
 from metablocks.components.token_mixers.replk import RepLK
 from metablocks.recipe.errors import RecipeError

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import metablocks
-from metablocks.components.resnet_stem import maxpool_out
+from metablocks.components.stems.resnet import maxpool_out
 from metablocks.interop.families.resnet import resnet_key
 from metablocks.interop.timm import load_timm_state_dict
 from metablocks.recipe.errors import RecipeError

@@ -7,8 +7,8 @@ from torch import nn
 import metablocks
 from helpers import randomize_bn as randomize_all_bn
 from metablocks.components.channel_mixers.grn_mlp import GrnMlp
-from metablocks.components.grn import GRN
-from metablocks.components.reparam import dilate_kernel
+from metablocks.components.norms.grn import GRN
+from metablocks.components.common.reparam import dilate_kernel
 from metablocks.deploy import deploy as reparameterize_model
 from metablocks.components.token_mixers.dilated_reparam import PAPER_BRANCHES, DilatedReparam
 from metablocks.recipe.errors import RecipeError

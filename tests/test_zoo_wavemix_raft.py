@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import metablocks
 from metablocks.analysis import count_macs, count_params
 from metablocks.commands.zoo import params_ok
-from metablocks.components.cross_scale_embed import CrossScaleEmbed
+from metablocks.components.stems.cross_scale_embed import CrossScaleEmbed
 from metablocks.recipe.errors import RecipeError
 
 

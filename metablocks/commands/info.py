@@ -7,6 +7,8 @@ import json
 import re
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from metablocks.recipe import Recipe, load_recipe
 from metablocks.registry import Component
 
@@ -44,16 +46,38 @@ def parse_input(text: str) -> tuple[int | None, int, int]:
 
 
 def describe(component: Component | None) -> str:
-    """``attention(head_dim=32)``: the component's type and the fields it sets away from their defaults."""
+    """``attention(head_dim=32)``: the component's type and the fields it sets away from their defaults; a composite's
+    parts described the same way (``split(parts=[channels=0.25: conv, channels=rest: identity])``)."""
     if component is None:
         return "-"
-    defaults = type(component).model_validate({"type": component.name}).dump()
+    try:
+        defaults = type(component).model_validate({"type": component.name}).dump()
+    except ValidationError:  # fields without a default (a composite's parts, gate's f): the rest against theirs
+        required = {name for name, field in type(component).model_fields.items() if field.is_required()}
+        given = {name: value for name, value in component.dump().items() if name in required}
+        defaults = {name: value for name, value in type(component).model_validate({"type": component.name, **given})
+                    .dump().items() if name not in required}
     changed = []
     for key, value in component.dump().items():
-        if key != "type" and value != defaults.get(key):
-            value = value.get("type", value) if isinstance(value, dict) else value
-            changed.append(f"{key}={value}")
+        if key != "type" and (key not in defaults or value != defaults[key]):
+            changed.append(f"{key}={_value(getattr(component, key))}")
     return f"{component.name}({', '.join(changed)})" if changed else component.name
+
+
+def _value(value: Any, part: bool = False) -> str:
+    """A field's value as ``describe`` shows it: a component by name (a composite, and a composite's part, with its
+    fields), lists and a composite's parts item by item."""
+    if isinstance(value, Component):
+        composite = any(field.is_required() for field in type(value).model_fields.values())
+        return describe(value) if composite or part else value.name
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v, part=True) for v in value) + "]"
+    if isinstance(value, BaseModel):  # a composite's part: channels=0.25: conv
+        items = {k: getattr(value, k) for k in type(value).model_fields}
+        mixer = items.pop("mixer", None)
+        head = ", ".join(f"{k}={_value(v, part=True)}" for k, v in items.items())
+        return f"{head}: {describe(mixer)}" if mixer is not None else head
+    return str(value)
 
 
 def _mixers(cycle: list[Component]) -> str:
@@ -76,6 +100,7 @@ def table(rows: list[list[str]], right: set[int]) -> str:
 def run(args: argparse.Namespace) -> int:
     from metablocks.analysis import count_macs, human, params_by_stage
     from metablocks.model import MetaModel
+    from metablocks.recipe.checks import stem_channels
 
     input_overrides = []
     if args.input is not None:
@@ -96,13 +121,15 @@ def run(args: argparse.Namespace) -> int:
     macs = count_macs(model, input_size)
     params = params_by_stage(model)
     resolution = recipe.stem.out_resolution(recipe.img_size)
-    stages = [{"stage": "stem", "depth": None, "dim": recipe.stages[0].dim, "token_mixer": f"({recipe.stem.name} stem)",
-               "channel_mixer": "", "output": [recipe.stages[0].dim, *resolution], "params": params["stem"],
+    first = stem_channels(recipe)
+    stages = [{"stage": "stem", "depth": None, "dim": first, "token_mixer": f"({recipe.stem.name} stem)",
+               "channel_mixer": "", "output": [first, *resolution], "params": params["stem"],
                "macs": macs.by_stage["stem"]}]
     for i, (stage, module) in enumerate(zip(recipe.stages, model.stages)):
         name = f"stages.{i}"
-        stages.append({"stage": name, "depth": stage.depth, "dim": stage.dim, "token_mixer": _mixers(stage.token_mixer),
-                       "channel_mixer": _mixers(stage.channel_mixer), "output": [stage.dim, *module.resolution],
+        mixers = (f"pattern {', '.join(stage.pattern)}" if stage.pattern is not None else _mixers(stage.token_mixer))
+        stages.append({"stage": name, "depth": stage.depth, "dim": stage.dim, "token_mixer": mixers,
+                       "channel_mixer": _mixers(stage.channel_mixer), "output": [stage.out_dim, *module.resolution],
                        "params": params[name], "macs": macs.by_stage[name]})
     stages.append({"stage": "head", "depth": None, "dim": model.num_features, "token_mixer": f"({recipe.head.name} head)",
                    "channel_mixer": "", "output": [recipe.num_classes], "params": params["head"],

@@ -69,7 +69,7 @@ def _draft7(schema: dict[str, Any]) -> dict[str, Any]:
 def editor_schema() -> dict[str, Any]:
     """The schema of recipe files as people write them, which the loader folds into the resolved form.
 
-    On top of the resolved schema it accepts the sugar keys ``extends``, ``block``, ``stage_defaults`` and
+    On top of the resolved schema it accepts the sugar keys ``extends``, ``block``, ``blocks``, ``stage_defaults`` and
     ``downsample``; no field is required (a base recipe has no stages, ``name`` defaults to the file name, and
     ``block``/``stage_defaults``/``extends`` may supply any stage field); a component mapping without ``type:``
     is accepted (it is merged into the component it inherits); ``img_size`` may be one number. Every key is still
@@ -91,12 +91,17 @@ def editor_schema() -> dict[str, Any]:
                          "default": props["img_size"].get("default"), "title": "Img Size",
                          "description": "input (height, width), or one number for a square input"}
     stage_ref = {"$ref": "#/definitions/StageConfig"}
+    props["stages"] = {"anyOf": [props["stages"], {
+        "type": "object", "additionalProperties": stage_ref,
+        "description": "edits of the inherited stages by index (`{2: {depth: 20}}`; negative from the end)"}]}
     schema["properties"] = {
         "extends": {"type": "string", "title": "Extends",
                     "description": "the recipe this one starts from (a file next to this one, or a shipped recipe's file "
                                    "name); the keys written here are merged over it"},
         **props,
         "block": {**stage_ref, "description": "defaults for the blocks of every stage (any stage field)"},
+        "blocks": {**copy.deepcopy(stage["properties"]["blocks"]),
+                   "description": "named block templates for every stage with a `pattern:` (merged under a stage's own)"},
         "stage_defaults": {"type": "array", "items": stage_ref, "title": "Stage Defaults",
                            "description": "per-stage defaults, one entry per stage, merged over `block`"},
         "downsample": {**copy.deepcopy(stage["properties"]["downsample"]),

@@ -7,13 +7,14 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metablocks.data.config import DataConfig
+if TYPE_CHECKING:  # the config validates source names against SOURCES; this module needs its type only
+    from metablocks.data.config import DataConfig
 
 SOURCES: dict[str, Callable[[DataConfig], "Splits"]] = {}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")

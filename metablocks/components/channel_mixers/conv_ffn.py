@@ -7,7 +7,7 @@ from typing import Annotated
 import torch
 from torch import Tensor, nn
 
-from metablocks.components.reparam import ConvBN
+from metablocks.components.common.reparam import ConvBN
 from metablocks.fields import Ratio, width_problems
 from metablocks.registry import Component, Context, Ref, register
 

@@ -9,9 +9,9 @@ from typing import Annotated, Any
 import torch
 from torch import Tensor, nn
 
-from metablocks.components.grn import GRN
-from metablocks.components.reparam import absorb_into_conv, fuse_conv_bn
-from metablocks.components.squeeze_excite import SqueezeExcite
+from metablocks.components.norms.grn import GRN
+from metablocks.components.common.reparam import absorb_into_conv, fuse_conv_bn
+from metablocks.components.channel_mixers.squeeze_excite import SqueezeExcite
 from metablocks.fields import Ratio
 from metablocks.registry import Component, Context, Ref, register
 

@@ -5,6 +5,7 @@ from typing import Annotated
 
 from torch import Tensor, nn
 
+from metablocks.components.acts.elementwise import inplace_act
 from metablocks.fields import Probability, Ratio, width_problems
 from metablocks.registry import Component, Context, Ref, register
 
@@ -29,7 +30,7 @@ class Mlp(nn.Module):
         hidden = int(ratio * dim)
         pointwise = nn.Linear if channels_last else lambda i, o, bias: nn.Conv2d(i, o, 1, bias=bias)
         self.fc1 = pointwise(dim, hidden, bias=bias)
-        self.act = act.build()
+        self.act = inplace_act(act)  # on fc1's fresh output (ReLU: no extra map; timm's ConvMlp does the same)
         self.drop1 = nn.Dropout(drop)
         self.fc2 = pointwise(hidden, dim, bias=bias)
         self.drop2 = nn.Dropout(drop)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metablocks.components.same_padding import avg_pool_same
+from metablocks.components.common.same_padding import avg_pool_same
 from metablocks.fields import Kernel
 from metablocks.registry import Component, Context, register
 

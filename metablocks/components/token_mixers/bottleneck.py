@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from torch import Tensor, nn
 
-from metablocks.components.acts import inplace_act
+from metablocks.components.acts.elementwise import inplace_act
 from metablocks.fields import Dilation, Groups, Ratio
 from metablocks.registry import Component, Context, Ref, register
 

@@ -7,7 +7,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from metablocks.components.reparam import (
+from metablocks.components.common.reparam import (
     absorb_into_conv,
     center_pad,
     dilate_kernel,

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metablocks.components.same_padding import PaddingMode, conv2d
+from metablocks.components.common.same_padding import PaddingMode, conv2d
 from metablocks.fields import Kernel, Ratio, width_problems
 from metablocks.registry import Component, Context, Ref, register
 

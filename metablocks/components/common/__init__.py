@@ -1,0 +1,1 @@
+"""Helpers shared by components (conv arithmetic, re-parameterization); no components here."""

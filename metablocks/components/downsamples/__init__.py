@@ -1,0 +1,1 @@
+"""Downsamplers between stages (kind ``downsample``)."""
