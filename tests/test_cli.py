@@ -347,7 +347,9 @@ def test_closed_pipe_is_quiet() -> None:
     assert proc.stdout.readline().startswith(b"recipes (")
     proc.stdout.close()
     err = proc.stderr.read()
-    assert proc.wait(timeout=120) == 141 and err == b""
+    # 141 when the writer met the closed pipe; 0 when the whole listing fit in the pipe before the reader closed it
+    # (a race on a loaded machine): quiet either way
+    assert proc.wait(timeout=120) in (0, 141) and err == b""
 
 
 # -- small things (issue 10, point 9) ----------------------------------------------------------------------------
