@@ -7,11 +7,11 @@ BRA's projections are ``attn.qkv.qkv`` / ``attn.wo``, the MLP a Sequential, the 
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from torch import Tensor, nn
 
+from metablocks.interop.official import renamed
 from metablocks.interop.timm import _load_strict
 
 RENAMES: list[tuple[str, str]] = [
@@ -35,12 +35,7 @@ RENAMES: list[tuple[str, str]] = [
 
 def convert_biformer(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Official BiFormer keys -> ours (tensors unchanged: every layer has the official shape)."""
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in RENAMES:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
-    return out
+    return renamed(state_dict, RENAMES)
 
 
 def load_biformer(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:

@@ -6,11 +6,11 @@ and ``classifier``) -> metablocks keys: a NiNBlock's shared ``norm`` is our ``ln
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 
 from torch import Tensor, nn
 
+from metablocks.interop.official import renamed
 from metablocks.interop.timm import _load_strict
 
 RENAMES: list[tuple[str, str]] = [
@@ -33,12 +33,7 @@ RENAMES: list[tuple[str, str]] = [
 def convert_ninformer(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Official NiNformer keys -> ours: a whole model's (``model.i.``, ``patcher``, ``classifier``) or one
     NiNBlock's (its keys then map to one of our blocks')."""
-    out = {}
-    for key, value in state_dict.items():
-        for pattern, replacement in RENAMES:
-            key = re.sub(pattern, replacement, key)
-        out[key] = value
-    return out
+    return renamed(state_dict, RENAMES)
 
 
 def load_ninformer(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
