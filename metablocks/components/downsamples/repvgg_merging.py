@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metablocks.components.common.conv_arith import conv_out
+from metablocks.components.common.conv_arith import conv_out, too_small
 from metablocks.components.token_mixers.repvgg_dw import RepVGGDW, RepVGGDWConfig
 from metablocks.fields import Kernel, Stride
 from metablocks.registry import Component, Context, register
@@ -22,10 +22,8 @@ class RepVGGMergingConfig(Component):
 
     def check(self, ctx: Context) -> list[str]:
         errors = RepVGGDWConfig(kernel_size=self.kernel_size, small_kernel=self.small_kernel).check(ctx)
-        if ctx.resolution and min(self.out_resolution(ctx.resolution)) < 1:
-            errors.append(f"a {ctx.resolution[0]}x{ctx.resolution[1]} map is too small for a stride-{self.stride} "
-                          f"{self.kernel_size}x{self.kernel_size} downsample")
-        return errors
+        out = self.out_resolution(ctx.resolution) if ctx.resolution else None
+        return errors + too_small(ctx.resolution, out, f"stride-{self.stride} {self.kernel_size}x{self.kernel_size} downsample")
 
     def build(self, ctx: Context) -> nn.Module:
         assert ctx.out_dim is not None, "a downsample needs the stage's dim"

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from metablocks.interop.official import renamed
+from metablocks.interop.families.convnext import rename
 from metablocks.interop.timm import _load_strict
 
 RENAMES: list[tuple[str, str]] = [
@@ -35,7 +35,7 @@ RENAMES: list[tuple[str, str]] = [
 
 def convert_biformer(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Official BiFormer keys -> ours (tensors unchanged: every layer has the official shape)."""
-    return renamed(state_dict, RENAMES)
+    return rename(dict(state_dict), RENAMES)
 
 
 def load_biformer(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from metablocks.interop.official import renamed
+from metablocks.interop.families.convnext import rename
 from metablocks.interop.timm import _load_strict
 
 RENAMES: list[tuple[str, str]] = [
@@ -33,7 +33,7 @@ RENAMES: list[tuple[str, str]] = [
 def convert_ninformer(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Official NiNformer keys -> ours: a whole model's (``model.i.``, ``patcher``, ``classifier``) or one
     NiNBlock's (its keys then map to one of our blocks')."""
-    return renamed(state_dict, RENAMES)
+    return rename(dict(state_dict), RENAMES)
 
 
 def load_ninformer(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
