@@ -5,6 +5,9 @@ As a token mixer it is the branch of every ResNet block but the first of a stage
 (a recipe sets ``norm: null, channel_mixer: null, post_act: relu``). The first block of a stage, which changes the
 width and/or strides, is the ``residual`` downsample (metablocks/components/residual_downsample.py): it builds this
 same module with ``in_dim`` and ``stride``. Attribute names are timm's (conv1/bn1 ... conv3/bn3).
+
+``spatial`` replaces the 3x3 conv with another spatial op of the bottleneck width (HaloNet's halo attention, Vaswani
+et al. 2021: timm's SelfAttnBlock = conv1x1-BN-act, attention (strided), BN-act, conv1x1-BN); bn2/act2 follow it.
 """
 from __future__ import annotations
 
@@ -25,12 +28,20 @@ class BottleneckConfig(Component):
     norm: Annotated[Component, Ref("norm")] = "batchnorm"
     act: Annotated[Component, Ref("act")] = "relu"
     zero_init_last: bool = True  # start the last norm's scale at 0, so every block starts as the identity (timm)
+    # replaces conv2 (the 3x3 conv), built at the bottleneck width with the block's stride; bn2/act2 follow it
+    spatial: Annotated[Component, Ref("token_mixer")] | None = None
+    omit_when_default = frozenset({"spatial"})  # added later: recipes without it keep their model_id
 
     def width(self, dim: int) -> int:
         return int(dim * self.ratio)
 
     def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
-        return [(("norm",), self.norm, Context(width)) for width in dict.fromkeys([max(self.width(ctx.dim), 1), ctx.dim])]
+        found = [(("norm",), self.norm, Context(width)) for width in dict.fromkeys([max(self.width(ctx.dim), 1), ctx.dim])]
+        if self.spatial is not None:
+            width = max(self.width(ctx.dim), 1)
+            found.append((("spatial",), self.spatial, Context(width, out_dim=width, resolution=ctx.resolution,
+                                                              stride=ctx.stride)))
+        return found
 
     def check(self, ctx: Context) -> list[str]:
         width = self.width(ctx.dim)
@@ -38,6 +49,10 @@ class BottleneckConfig(Component):
             return [f"ratio={self.ratio} leaves no channels for dim={ctx.dim}"]
         if width % self.groups:
             return [f"groups={self.groups} does not divide the bottleneck width {width} (dim={ctx.dim} x ratio={self.ratio})"]
+        if self.spatial is not None and (self.groups, self.dilation) != (1, 1):
+            return ["groups and dilation set the 3x3 conv, which spatial replaces: leave them at 1"]
+        if self.spatial is not None and type(self.spatial).layout == "channels_last":
+            return [f"spatial must work on (B, C, H, W) maps; {self.spatial.type} is channels-last"]
         return []
 
 
@@ -50,14 +65,20 @@ class Bottleneck(nn.Module):
     """
 
     def __init__(self, dim: int, *, in_dim: int | None = None, stride: int = 1, ratio: float = 0.25, groups: int = 1,
-                 dilation: int = 1, norm: Component, act: Component, zero_init_last: bool = True) -> None:
+                 dilation: int = 1, norm: Component, act: Component, zero_init_last: bool = True,
+                 spatial: Component | None = None) -> None:
         super().__init__()
         width = int(dim * ratio)
         self.conv1 = nn.Conv2d(in_dim or dim, width, 1, bias=False)
         self.bn1 = norm.build(Context(width))
         self.act1 = inplace_act(act)  # after a norm
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups,
-                               bias=False)
+        if spatial is None:
+            self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=dilation, dilation=dilation, groups=groups,
+                                   bias=False)
+            self.spatial = nn.Identity()
+        else:  # one of the two is the identity (no state), so forward stays one line for TorchScript
+            self.conv2 = nn.Identity()
+            self.spatial = spatial.build(Context(width, out_dim=width, stride=stride))
         self.bn2 = norm.build(Context(width))
         self.act2 = inplace_act(act)  # after a norm
         self.conv3 = nn.Conv2d(width, dim, 1, bias=False)
@@ -67,5 +88,5 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, C, H / stride, W / stride)
         x = self.act1(self.bn1(self.conv1(x)))
-        x = self.act2(self.bn2(self.conv2(x)))
+        x = self.act2(self.bn2(self.spatial(self.conv2(x))))
         return self.bn3(self.conv3(x))
