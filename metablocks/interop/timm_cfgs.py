@@ -1,7 +1,7 @@
 """Data configs of the timm models the recipes mirror (``timm_name``): the default pretrained tag's preprocessing.
 
-Values read from timm 1.0.31 (``timm.models.get_pretrained_cfg(name)``); every entry there has 3x224x224 input,
-bicubic interpolation, a center crop and 1000 classes. ``model.pretrained_cfg`` is built from this table, so
+Values read from timm 1.0.31 (``timm.models.get_pretrained_cfg(name)``); every entry there has bicubic
+interpolation, a center crop and 1000 classes, and 3x224x224 input but the HaloNets' 256x256 (the recipes' img_size). ``model.pretrained_cfg`` is built from this table, so
 ``timm.data.resolve_data_config({}, model=model)`` gives our model timm's evaluation transform.
 """
 from __future__ import annotations
@@ -29,12 +29,16 @@ TIMM_DATA_CFGS: dict[str, tuple[str, float, str]] = {
     "convnext_pico": ("d1_in1k", 0.875, "imagenet"),
     "convnext_small": ("in12k_ft_in1k", 0.95, "imagenet"),
     "convnext_tiny": ("in12k_ft_in1k", 0.95, "imagenet"),
+    "eca_halonext26ts": ("c1_in1k", 0.94, "imagenet"),
     "fasternet_l": ("in1k", 1.0, "imagenet"),
     "fasternet_m": ("in1k", 1.0, "imagenet"),
     "fasternet_s": ("in1k", 1.0, "imagenet"),
     "fasternet_t0": ("in1k", 1.0, "imagenet"),
     "fasternet_t1": ("in1k", 1.0, "imagenet"),
     "fasternet_t2": ("in1k", 1.0, "imagenet"),
+    "halonet26t": ("a1h_in1k", 0.95, "imagenet"),
+    "halonet50ts": ("a1h_in1k", 0.94, "imagenet"),
+    "halonet_h1": ("untrained", 0.95, "imagenet"),
     "inception_next_atto": ("sail_in1k", 0.875, "imagenet"),
     "inception_next_base": ("sail_in1k", 0.95, "imagenet"),
     "inception_next_small": ("sail_in1k", 0.875, "imagenet"),
@@ -57,6 +61,7 @@ TIMM_DATA_CFGS: dict[str, tuple[str, float, str]] = {
     "poolformerv2_s36": ("sail_in1k", 1.0, "imagenet"),
     "resnet101": ("a1h_in1k", 0.95, "imagenet"),
     "resnet50": ("a1_in1k", 0.95, "imagenet"),
+    "sehalonet33ts": ("ra2_in1k", 0.94, "imagenet"),
     "swin_base_patch4_window7_224": ("ms_in22k_ft_in1k", 0.9, "imagenet"),
     "swin_small_patch4_window7_224": ("ms_in22k_ft_in1k", 0.9, "imagenet"),
     "swin_tiny_patch4_window7_224": ("ms_in1k", 0.9, "imagenet"),

@@ -38,7 +38,7 @@ class BottleneckConfig(Component):
     def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
         found = [(("norm",), self.norm, Context(width)) for width in dict.fromkeys([max(self.width(ctx.dim), 1), ctx.dim])]
         if self.spatial is not None:
-            width = max(self.width(ctx.dim), 1)
+            width = max(self.width(ctx.out_dim if ctx.out_dim is not None else ctx.dim), 1)  # of the block's output
             found.append((("spatial",), self.spatial, Context(width, out_dim=width, resolution=ctx.resolution,
                                                               stride=ctx.stride)))
         return found
