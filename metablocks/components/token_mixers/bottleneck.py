@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from metablocks.components.acts.elementwise import inplace_act
 from metablocks.fields import Dilation, Groups, Ratio
+from metablocks.layout import build_at
 from metablocks.registry import Component, Context, Ref, register
 
 
@@ -28,20 +29,25 @@ class BottleneckConfig(Component):
     norm: Annotated[Component, Ref("norm")] = "batchnorm"
     act: Annotated[Component, Ref("act")] = "relu"
     zero_init_last: bool = True  # start the last norm's scale at 0, so every block starts as the identity (timm)
+    attn: Annotated[Component, Ref("channel_mixer")] | None = None  # a gate after the last norm (ECA-Net: eca), timm's `se`
     # replaces conv2 (the 3x3 conv), built at the bottleneck width with the block's stride; bn2/act2 follow it
     spatial: Annotated[Component, Ref("token_mixer")] | None = None
-    omit_when_default = frozenset({"spatial"})  # added later: recipes without it keep their model_id
+    omit_when_default = frozenset({"attn", "spatial"})  # added later: recipes without them keep their model_id
 
     def width(self, dim: int) -> int:
         return int(dim * self.ratio)
 
     def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
-        found = [(("norm",), self.norm, Context(width)) for width in dict.fromkeys([max(self.width(ctx.dim), 1), ctx.dim])]
-        if self.spatial is not None:
-            width = max(self.width(ctx.out_dim if ctx.out_dim is not None else ctx.dim), 1)  # of the block's output
-            found.append((("spatial",), self.spatial, Context(width, out_dim=width, resolution=ctx.resolution,
+        norms = [(("norm",), self.norm, Context(width)) for width in dict.fromkeys([max(self.width(ctx.dim), 1), ctx.dim])]
+        out = ctx.out_dim if ctx.out_dim is not None else ctx.dim
+        width = max(self.width(out), 1)
+        if self.spatial is not None:  # at the bottleneck width of the block's output, on the block's input map
+            norms.append((("spatial",), self.spatial, Context(width, out_dim=width, resolution=ctx.resolution,
                                                               stride=ctx.stride)))
-        return found
+        if self.attn is None:
+            return norms
+        size = tuple(-(-r // ctx.stride) for r in ctx.resolution) if ctx.resolution else None
+        return [*norms, (("attn",), self.attn, Context(out, resolution=size))]  # the attention sees the block's output
 
     def check(self, ctx: Context) -> list[str]:
         width = self.width(ctx.dim)
@@ -58,7 +64,7 @@ class BottleneckConfig(Component):
 
 @register("token_mixer", "bottleneck", config=BottleneckConfig)
 class Bottleneck(nn.Module):
-    """conv1x1-norm-act, conv3x3-norm-act, conv1x1-norm: ResNet's bottleneck branch, without the shortcut (He et al. 2016).
+    """conv1x1-norm-act, conv3x3-norm-act, conv1x1-norm [-> attn]: ResNet's bottleneck branch, without the shortcut (He et al. 2016).
 
     ``in_dim`` (default ``dim``) and ``stride`` are for the first block of a stage (the ``residual`` downsample); the
     stride sits on the 3x3 conv as in torchvision/timm ("ResNet v1.5").
@@ -66,7 +72,7 @@ class Bottleneck(nn.Module):
 
     def __init__(self, dim: int, *, in_dim: int | None = None, stride: int = 1, ratio: float = 0.25, groups: int = 1,
                  dilation: int = 1, norm: Component, act: Component, zero_init_last: bool = True,
-                 spatial: Component | None = None) -> None:
+                 attn: Component | None = None, spatial: Component | None = None) -> None:
         super().__init__()
         width = int(dim * ratio)
         self.conv1 = nn.Conv2d(in_dim or dim, width, 1, bias=False)
@@ -85,8 +91,10 @@ class Bottleneck(nn.Module):
         self.bn3 = norm.build(Context(dim))
         if zero_init_last and getattr(self.bn3, "weight", None) is not None:
             nn.init.zeros_(self.bn3.weight)
+        self.se = build_at(attn, dim, "channels_first") if attn is not None else None  # timm's name for the attention
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, C, H / stride, W / stride)
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.spatial(self.conv2(x))))
-        return self.bn3(self.conv3(x))
+        x = self.bn3(self.conv3(x))
+        return self.se(x) if self.se is not None else x
