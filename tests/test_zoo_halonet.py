@@ -172,3 +172,14 @@ def test_bottleneck_without_spatial_unchanged() -> None:
     block = config.build(Context(256, out_dim=256))
     assert [k for k in block.state_dict() if not k.startswith("bn")] == ["conv1.weight", "conv2.weight", "conv3.weight"]
     assert isinstance(block.spatial, torch.nn.Identity) and block.conv2.kernel_size == (3, 3)
+
+
+def test_attn_at_mid() -> None:
+    """``attn_at: mid`` gates the bottleneck width after act2 (timm ByobNet's BottleneckBlock.attn), ``last`` (the
+    default) the output after bn3; without an attn it is an error."""
+    config = get("token_mixer", "bottleneck")
+    mid = config(attn="eca", attn_at="mid").build(Context(256, out_dim=256))
+    last = config(attn="squeeze_excite").build(Context(256, out_dim=256))
+    assert mid.se.dim == 64 and last.se.down.in_channels == 256
+    assert "attn_at" not in config(attn="eca").dump()  # at its default: left out of dumps and model_ids
+    assert config(attn_at="mid").check(Context(256)) == ["attn_at='mid' places an attn gate, but attn is not set"]

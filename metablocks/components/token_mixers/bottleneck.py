@@ -8,10 +8,12 @@ same module with ``in_dim`` and ``stride``. Attribute names are timm's (conv1/bn
 
 ``spatial`` replaces the 3x3 conv with another spatial op of the bottleneck width (HaloNet's halo attention, Vaswani
 et al. 2021: timm's SelfAttnBlock = conv1x1-BN-act, attention (strided), BN-act, conv1x1-BN); bn2/act2 follow it.
+``attn_at: mid`` puts the ``attn`` gate on the bottleneck width after act2 (timm ByobNet's BottleneckBlock) instead of
+after bn3.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from torch import Tensor, nn
 
@@ -30,9 +32,10 @@ class BottleneckConfig(Component):
     act: Annotated[Component, Ref("act")] = "relu"
     zero_init_last: bool = True  # start the last norm's scale at 0, so every block starts as the identity (timm)
     attn: Annotated[Component, Ref("channel_mixer")] | None = None  # a gate after the last norm (ECA-Net: eca), timm's `se`
+    attn_at: Literal["last", "mid"] = "last"  # last: after bn3 (timm ResNet); mid: after act2 (timm ByobNet)
     # replaces conv2 (the 3x3 conv), built at the bottleneck width with the block's stride; bn2/act2 follow it
     spatial: Annotated[Component, Ref("token_mixer")] | None = None
-    omit_when_default = frozenset({"attn", "spatial"})  # added later: recipes without them keep their model_id
+    omit_when_default = frozenset({"attn", "attn_at", "spatial"})  # added later: recipes without them keep their model_id
 
     def width(self, dim: int) -> int:
         return int(dim * self.ratio)
@@ -47,7 +50,8 @@ class BottleneckConfig(Component):
         if self.attn is None:
             return norms
         size = tuple(-(-r // ctx.stride) for r in ctx.resolution) if ctx.resolution else None
-        return [*norms, (("attn",), self.attn, Context(out, resolution=size))]  # the attention sees the block's output
+        # the attention sees the block's output (last) or the bottleneck width (mid)
+        return [*norms, (("attn",), self.attn, Context(out if self.attn_at == "last" else width, resolution=size))]
 
     def check(self, ctx: Context) -> list[str]:
         width = self.width(ctx.dim)
@@ -59,6 +63,8 @@ class BottleneckConfig(Component):
             return ["groups and dilation set the 3x3 conv, which spatial replaces: leave them at 1"]
         if self.spatial is not None and type(self.spatial).layout == "channels_last":
             return [f"spatial must work on (B, C, H, W) maps; {self.spatial.type} is channels-last"]
+        if self.attn is None and self.attn_at != "last":
+            return [f"attn_at={self.attn_at!r} places an attn gate, but attn is not set"]
         return []
 
 
@@ -72,7 +78,7 @@ class Bottleneck(nn.Module):
 
     def __init__(self, dim: int, *, in_dim: int | None = None, stride: int = 1, ratio: float = 0.25, groups: int = 1,
                  dilation: int = 1, norm: Component, act: Component, zero_init_last: bool = True,
-                 attn: Component | None = None, spatial: Component | None = None) -> None:
+                 attn: Component | None = None, attn_at: str = "last", spatial: Component | None = None) -> None:
         super().__init__()
         width = int(dim * ratio)
         self.conv1 = nn.Conv2d(in_dim or dim, width, 1, bias=False)
@@ -91,10 +97,14 @@ class Bottleneck(nn.Module):
         self.bn3 = norm.build(Context(dim))
         if zero_init_last and getattr(self.bn3, "weight", None) is not None:
             nn.init.zeros_(self.bn3.weight)
-        self.se = build_at(attn, dim, "channels_first") if attn is not None else None  # timm's name for the attention
+        self.attn_mid = attn_at == "mid"
+        self.se = (build_at(attn, width if self.attn_mid else dim, "channels_first")  # timm's name for the attention
+                   if attn is not None else None)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, H, W) -> (B, C, H / stride, W / stride)
         x = self.act1(self.bn1(self.conv1(x)))
         x = self.act2(self.bn2(self.spatial(self.conv2(x))))
+        if self.se is not None and self.attn_mid:
+            x = self.se(x)
         x = self.bn3(self.conv3(x))
-        return self.se(x) if self.se is not None else x
+        return self.se(x) if self.se is not None and not self.attn_mid else x

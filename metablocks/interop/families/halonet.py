@@ -2,10 +2,11 @@
 
 timm's ByobNet keeps conv-BN(-act) pairs as ``ConvNormAct`` (``.conv``, ``.bn``): the tiered stem's
 ``stem.conv{i}``, and per block ``stages.i.j`` the bottleneck's ``conv1_1x1``, ``conv2_kxk``, ``conv3_1x1``, the
-channel gate ``attn`` (SE/ECA, after the 3x3 conv), the self-attention block's ``self_attn`` (halo attention, our
-``spatial``) and ``post_attn`` (its BN-act, our ``bn2``), the ``shortcut``; ``final_conv`` (sehalonet33ts' 1x1 conv to
-1280) and the classifier ``head.fc``. Ours: the same blocks under ``stages.i.blocks.j.token_mixer`` (timm's
-torchvision-like conv1/bn1 ... names), ``final_conv`` as the downsample of a depth-0 fifth stage.
+channel gate ``attn`` (SE/ECA after the 3x3 conv: our ``se`` with ``attn_at: mid``), the self-attention block's
+``self_attn`` (halo attention, our ``spatial``) and ``post_attn`` (its BN-act, our ``bn2``), the ``shortcut``;
+``final_conv`` (sehalonet33ts' 1x1 conv to 1280) and the classifier ``head.fc``. Ours: the same blocks under
+``stages.i.blocks.j.token_mixer`` (timm's torchvision-like conv1/bn1 ... names), ``final_conv`` as the downsample of a
+depth-0 fifth stage.
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ BLOCKS = [
     (r"^stages\.(\d+)\.(\d+)\.conv(\d)_(?:1x1|kxk)\.bn\.", r"stages.\1.blocks.\2.token_mixer.bn\3."),
     (r"^stages\.(\d+)\.(\d+)\.self_attn\.", r"stages.\1.blocks.\2.token_mixer.spatial."),
     (r"^stages\.(\d+)\.(\d+)\.post_attn\.", r"stages.\1.blocks.\2.token_mixer.bn2."),
-    (r"^stages\.(\d+)\.(\d+)\.attn\.", r"stages.\1.blocks.\2.token_mixer.attn."),
+    (r"^stages\.(\d+)\.(\d+)\.attn\.fc1\.", r"stages.\1.blocks.\2.token_mixer.se.down."),  # SEModule
+    (r"^stages\.(\d+)\.(\d+)\.attn\.fc2\.", r"stages.\1.blocks.\2.token_mixer.se.up."),
+    (r"^stages\.(\d+)\.(\d+)\.attn\.", r"stages.\1.blocks.\2.token_mixer.se."),  # EcaModule: conv
 ]
 RESNET_STEM = [(r"^stem\.conv(\d)\.conv\.", r"stem.conv\1."), (r"^stem\.conv(\d)\.bn\.", r"stem.bn\1.")]
 
