@@ -6,7 +6,7 @@ from torch import nn
 
 import metablocks
 
-SIZES = (64, 96, 112, 224)
+SIZES = (64, 96, 112, 224, 256)  # 256: HaloNets (every halo stage's map a multiple of 8)
 
 
 def small_model(name: str) -> tuple[nn.Module, int]:

@@ -8,6 +8,7 @@ import torch
 import metablocks
 from metablocks.blocks import Block
 from metablocks.model import Stage
+from metablocks.recipe.checks import check_recipe
 
 torchvision_fx = pytest.importorskip("torchvision.models.feature_extraction")
 
@@ -22,11 +23,20 @@ def _params(names: list[str]) -> list:
 
 
 def _input(model: metablocks.MetaModel, batch: int = 1) -> torch.Tensor:
-    """timm's battery size: the model's own when fixed, else at most 128 (ccnet's 769 -> 128)."""
+    """timm's battery size: the model's own when fixed or when it does not fit 128 (HaloNets: multiples of 256), else
+    at most 128 (ccnet's 769 -> 128)."""
     channels, height, width = model.pretrained_cfg["input_size"]
-    if not model.pretrained_cfg["fixed_input_size"]:
+    if not model.pretrained_cfg["fixed_input_size"] and _fits(model, 128):
         height, width = min(height, 128), min(width, 128)
     return torch.randn(batch, channels, height, width)
+
+
+def _fits(model: metablocks.MetaModel, size: int) -> bool:
+    try:
+        check_recipe(model.recipe, (size, size))
+    except metablocks.RecipeError:
+        return False
+    return True
 
 
 def _fx(model: torch.nn.Module) -> torch.nn.Module:

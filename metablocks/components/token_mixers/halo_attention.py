@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from metablocks.blocks import make_divisible
 from metablocks.fields import Heads, Kernel, Padding, Ratio
 from metablocks.registry import Component, Context, register
+from metablocks.tracing import fx_tracing
 
 
 class HaloAttentionConfig(Component):
@@ -86,10 +87,10 @@ class HaloAttention(nn.Module):
         nn.init.trunc_normal_(self.kv.weight, std=dim ** -0.5)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
+        if not torch.jit.is_scripting() and not fx_tracing():
+            self._check_size(x)
         B, _, H, W = x.shape
         b, bq, heads = self.block_size, self.q_block, self.num_heads
-        if H % b or W % b:
-            raise ValueError(f"halo attention needs map sides that are multiples of block_size={b}, got {H}x{W}")
         nh, nw = H // b, W // b
         # queries: (B * heads, blocks, bq * bq, d_qk)
         q = self.q(x).reshape(B * heads, self.dim_qk, nh, bq, nw, bq)
@@ -105,6 +106,13 @@ class HaloAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)  # (B*heads, blocks, bq^2, d_v)
         out = out.reshape(B, heads, nh, nw, bq, bq, self.dim_v).permute(0, 1, 6, 2, 4, 3, 5)
         return self.pool(out.reshape(B, heads * self.dim_v, nh * bq, nw * bq))
+
+
+    @torch.jit.unused
+    def _check_size(self, x: Tensor) -> None:
+        if x.shape[-2] % self.block_size or x.shape[-1] % self.block_size:
+            raise ValueError(f"halo attention needs map sides that are multiples of block_size={self.block_size}, got "
+                             f"{x.shape[-2]}x{x.shape[-1]}")
 
 
 class PosEmbedRel(nn.Module):
