@@ -93,7 +93,7 @@ def naive_halo(m: HaloAttention, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("stride, block, halo, size", [(1, 4, 1, (8, 12)), (2, 4, 2, (8, 8)), (2, 3, 1, (6, 6))])
 def test_halo_attention_naive_and_timm(stride: int, block: int, halo: int, size: tuple[int, int]) -> None:
-    """Blocked, unfolded, SDPA halo attention == the per-pixel loop == timm's HaloAttn (block 3, stride 2: the
+    """Blocked, unfolded halo attention == the per-pixel loop == timm's HaloAttn (block 3, stride 2: the
     full-resolution attention then a 2x2 average pool)."""
     from timm.layers.halo_attn import HaloAttn
 

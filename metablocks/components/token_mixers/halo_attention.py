@@ -100,13 +100,16 @@ class HaloAttention(nn.Module):
         kv = F.pad(self.kv(x), [h, h, h, h]).unfold(2, self.win_size, b).unfold(3, self.win_size, b)
         kv = kv.reshape(B * heads, self.dim_qk + self.dim_v, nh * nw, -1).permute(0, 2, 3, 1)
         k, v = kv.split([self.dim_qk, self.dim_v], dim=-1)
-        bias = self.pos_embed(q)  # (B * heads, blocks, bq^2, win^2)
+        rel_h, rel_w = self.pos_embed(q)  # (B * heads, blocks, bq, bq, win): over key rows, over key columns
+        n, blocks, win = B * heads, nh * nw, self.win_size
+        attn = (q if self.scale_pos_embed else q * self.scale) @ k.transpose(-1, -2)  # (.., bq^2, win^2)
+        attn = attn.view(n, blocks, bq, bq, win, win) + rel_h[..., :, None] + rel_w[..., None, :]
         if self.scale_pos_embed:
-            bias = bias * self.scale
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)  # (B*heads, blocks, bq^2, d_v)
+            attn = attn * self.scale
+        # (SDPA with this bias as a float mask is slower on CPU: its masked path checks the mask for -inf rows)
+        out = attn.view(n, blocks, bq * bq, win * win).softmax(dim=-1) @ v  # (B * heads, blocks, bq^2, d_v)
         out = out.reshape(B, heads, nh, nw, bq, bq, self.dim_v).permute(0, 1, 6, 2, 4, 3, 5)
         return self.pool(out.reshape(B, heads * self.dim_v, nh * bq, nw * bq))
-
 
     @torch.jit.unused
     def _check_size(self, x: Tensor) -> None:
@@ -116,9 +119,9 @@ class HaloAttention(nn.Module):
 
 
 class PosEmbedRel(nn.Module):
-    """Relative-position logits q . r^h[kh - qh] + q . r^w[kw - qw] for a bq x bq query block over a win x win window
-    (timm's PosEmbedRel, after Bello et al.'s attention-augmented convolutions): offsets kh - qh run from -(bq - 1) to
-    win - 1, table row = offset + win - 1."""
+    """Relative-position logits q . r^h[kh - qh] and q . r^w[kw - qw] (summed into the attention logits) for a bq x bq
+    query block over a win x win window (timm's PosEmbedRel, after Bello et al.'s attention-augmented convolutions):
+    offsets kh - qh run from -(bq - 1) to win - 1, table row = offset + win - 1."""
 
     def __init__(self, block_size: int, win_size: int, dim_head: int, scale: float) -> None:
         super().__init__()
@@ -130,10 +133,9 @@ class PosEmbedRel(nn.Module):
         self.register_buffer("index", offsets, persistent=False)  # (bq, win): table row per (query, key) position
         self.block_size, self.win_size = block_size, win_size
 
-    def forward(self, q: Tensor) -> Tensor:  # (N, blocks, bq^2, d) -> (N, blocks, bq^2, win^2)
+    def forward(self, q: Tensor) -> tuple[Tensor, Tensor]:  # (N, blocks, bq^2, d) -> 2 x (N, blocks, bq, bq, win)
         n, blocks, _, d = q.shape
-        bq, win = self.block_size, self.win_size
-        q = q.reshape(n, blocks, bq, bq, d)
+        q = q.reshape(n, blocks, self.block_size, self.block_size, d)
         rel_h = torch.einsum("nbhwd,hkd->nbhwk", q, self.height_rel[self.index])  # (.., qh, qw, kh)
         rel_w = torch.einsum("nbhwd,wkd->nbhwk", q, self.width_rel[self.index])  # (.., qh, qw, kw)
-        return (rel_h[..., :, None] + rel_w[..., None, :]).reshape(n, blocks, bq * bq, win * win)
+        return rel_h, rel_w
