@@ -55,12 +55,23 @@ class Paper(BaseModel):
     params_m: float | None = None  # millions of parameters, as in the paper's table
     macs_g: float | None = None  # GMACs at ``resolution``, as in the paper's table
     top1: float | None = None  # ImageNet-1k top-1 (%)
-    resolution: int = 224
+    resolution: int | tuple[ImgSide, ImgSide] = 224  # the table's input side, or (H, W) for a non-square input (re-ID)
     # what the paper's params/MACs count: the whole model ("all"), trainable parameters only ("trainable": RandFormer's
     # table lists its frozen matrices apart), the re-parameterized inference model ("deployed": RepLKNet,
     # UniRepLKNet), or the model without its classifier ("backbone": MLP-Mixer's Table 1)
     counts: Literal["all", "trainable", "deployed", "backbone"] = "all"
     note: str | None = None  # a known, explained difference between the paper's table and the official code
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The table's input as (H, W)."""
+        return (self.resolution, self.resolution) if isinstance(self.resolution, int) else tuple(self.resolution)
+
+    @property
+    def size_text(self) -> str:
+        """``224`` for a square input, ``256x128`` otherwise (how the zoo table and ``info`` print it)."""
+        h, w = self.size
+        return str(h) if h == w else f"{h}x{w}"
 
 
 class BlockTemplate(BlockConfig):
