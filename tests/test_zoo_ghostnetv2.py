@@ -151,3 +151,19 @@ def test_squeeze_excite_hard_gate_is_optional_and_keeps_old_ids() -> None:
         logits = module.up(F.relu(module.down(x.mean((2, 3), keepdim=True))))
         assert torch.allclose(module(x), x * F.relu6(logits + 3) / 6, atol=1e-6)
     assert math.isclose(F.hardsigmoid(torch.tensor(0.0)).item(), 0.5)
+
+
+def test_official_checkpoints_convert_with_the_timm_renames() -> None:
+    """The official ghostnetv2_torch.py has timm's module names (measured: same keys and shapes, logits bit-equal to
+    ours through this converter), so ``metablocks convert ck_ghostnetv2_10.pth.tar --recipe ghostnetv2_100`` works."""
+    from metablocks.interop.official import convert_official
+
+    theirs = timm.create_model("ghostnetv2_100").eval()
+    perturb(theirs)
+    model = convert_official(theirs.state_dict(), "ghostnetv2_100")
+    assert model.official_dropped == []
+    assert torch.equal(model.stages[2].blocks[0].token_mixer.ghost1.dfc.conv_w.weight,
+                       theirs.state_dict()["blocks.2.0.ghost1.short_conv.2.weight"])
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert (model(x) - theirs(x)).abs().max().item() <= 1e-5
