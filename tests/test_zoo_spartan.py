@@ -3,7 +3,8 @@ henry-pay/SpaRTAN ``src/model/spartan.py`` with ``src/config/model/spartan.yaml`
 that the official converter maps onto our model; smixer's and cmixer's steps by hand; the error texts of both.
 
 With ``SPARTAN_OFFICIAL=/path/to/SpaRTAN`` (a checkout of the official repository) the official model is also built here
-and our logits are compared with its logits, weight for weight (measured: max abs diff 0.0 at 224, 160 and 97).
+and our logits are compared with its logits, weight for weight (measured: max abs diff 2.4e-6 at 224, 1.8e-6 at 160,
+3.1e-6 at 97, on logits of magnitude 3: our complex product, two multiply-adds, rounds apart from torch's complex mul).
 """
 import json
 import os

@@ -33,9 +33,10 @@ from metablocks.registry import Component, Context, Ref, register
 
 def complex_scale(feat: Tensor, weight: Tensor) -> Tensor:
     """(B, 2n, H, W) channels (2k, 2k+1) = (real, imaginary) parts times ``weight`` (n, 2) = (real, imaginary) c_k."""
-    re, im = rearrange(feat.float(), "b (n two) h w -> two b n h w", two=2)
+    re, im = rearrange(feat.float(), "b (n two) h w -> two b n h w", two=2)  # views, no copy
     a, b = (part[:, None, None] for part in weight.float().unbind(-1))  # (n, 1, 1) each
-    return rearrange([a * re - b * im, a * im + b * re], "two b n h w -> b (n two) h w")
+    real, imag = torch.addcmul(a * re, b, im, value=-1.0), torch.addcmul(a * im, b, re)  # ap - bq, aq + bp
+    return rearrange([real, imag], "two b n h w -> b (n two) h w")
 
 
 def argmax_gather(x: Tensor, *maps: Tensor) -> list[Tensor]:
