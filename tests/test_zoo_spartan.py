@@ -152,7 +152,7 @@ def test_argmax_gather_by_hand_and_ties_take_the_first_channel() -> None:
     """At each position the maps' value at the input's largest channel; a tie picks the lowest index."""
     x = torch.tensor([[1.0, 5.0], [4.0, 5.0], [2.0, 0.0]]).view(1, 3, 1, 2)  # position 0: channel 1; position 1: tie 0/1
     maps = torch.arange(12.0).view(1, 6, 1, 2)  # channel c holds (2c, 2c + 1)
-    (picked,) = argmax_gather(x, maps)
+    (picked,) = argmax_gather(x, [maps])
     assert picked.flatten().tolist() == [2.0, 1.0]
 
 
@@ -189,7 +189,7 @@ def test_cmixer_gradient_passes_the_gathered_values_not_the_choice() -> None:
     import metablocks.components.channel_mixers.cmixer as module
     real = module.argmax_gather
     try:
-        module.argmax_gather = lambda x, *maps: [torch.zeros_like(m[:, :1]) for m in maps]
+        module.argmax_gather = lambda x, maps: [torch.zeros_like(m[:, :1]) for m in maps]
         mixer(x).square().mean().backward()
     finally:
         module.argmax_gather = real

@@ -21,8 +21,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from metablocks.components.channel_mixers.squeeze_excite import SqueezeExcite
@@ -33,13 +31,15 @@ from metablocks.registry import Component, Context, Ref, register
 
 def complex_scale(feat: Tensor, weight: Tensor) -> Tensor:
     """(B, 2n, H, W) channels (2k, 2k+1) = (real, imaginary) parts times ``weight`` (n, 2) = (real, imaginary) c_k."""
-    re, im = rearrange(feat.float(), "b (n two) h w -> two b n h w", two=2)  # views, no copy
-    a, b = (part[:, None, None] for part in weight.float().unbind(-1))  # (n, 1, 1) each
-    real, imag = torch.addcmul(a * re, b, im, value=-1.0), torch.addcmul(a * im, b, re)  # ap - bq, aq + bp
-    return rearrange([real, imag], "two b n h w -> b (n two) h w")
+    b, channels, h, w = feat.shape
+    re, im = feat.float().view(b, channels // 2, 2, h, w).unbind(2)  # einops' "b (n two) h w -> two b n h w", views
+    weight = weight.float()
+    a, c = weight[:, 0, None, None], weight[:, 1, None, None]  # (n, 1, 1) each
+    real, imag = torch.addcmul(a * re, c, im, value=-1.0), torch.addcmul(a * im, c, re)  # ap - bq, aq + bp
+    return torch.stack([real, imag], dim=2).view(b, channels, h, w)  # "two b n h w -> b (n two) h w"
 
 
-def argmax_gather(x: Tensor, *maps: Tensor) -> list[Tensor]:
+def argmax_gather(x: Tensor, maps: list[Tensor]) -> list[Tensor]:
     """Each of ``maps`` (B, *, H, W) at the channel where ``x`` (B, C, H, W) is largest: (B, 1, H, W) each."""
     index = x.argmax(dim=1, keepdim=True)
     return [m.gather(1, index) for m in maps]
@@ -89,6 +89,6 @@ class CMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
         theta, weight = self.act(self.theta(x)), self.proj(x)  # (B, rC, H, W) each
-        theta_max, weight_max = argmax_gather(x, theta, weight)  # (B, 1, H, W) each
+        theta_max, weight_max = argmax_gather(x, [theta, weight])  # (B, 1, H, W) each
         feat = complex_scale(weight * theta + weight_max * theta_max, self.complex_weight).to(x.dtype)
         return self.proj_out(self.se(self.conv(feat)))
