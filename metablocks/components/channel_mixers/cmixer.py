@@ -14,7 +14,8 @@ channel index, as ``torch.argmax`` documents. The complex product runs in float3
 autocast around it) and is written out in real arithmetic: (a + ib)(p + iq) = (ap - bq) + i(aq + bp).
 
 The official network's 3x3 conv is depthwise in its first half (stages 1-2) and has C groups of r channels in its
-second half (stages 3-4): ``group_width`` (1, resp. r) says which, per stage in the recipe.
+second half (stages 3-4): ``group_width`` (1, resp. r) says which, per stage in the recipe. The official code asserts
+r > 1; r = 1 runs too (the argmax then indexes every channel), so it is allowed here.
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ Recognition", IJCNN 2025; official code henry-pay/SpaRTAN ``src/model/spartan.py
     y  = proj_out([h ; l])                             concat -> 1x1 conv, C -> C
 
 The official network uses full 3x3 convs in its first half (stages 1-2) and depthwise ones (groups = C/2) in the
-second half (stages 3-4): ``group_width`` says which, per stage in the recipe.
+second half (stages 3-4): ``group_width`` says which, per stage in the recipe. The official code asserts dim % 8 == 0;
+the mixer itself needs only an even dim and at least one squeeze-excite channel, which ``check`` asks for.
 """
 from __future__ import annotations
 
