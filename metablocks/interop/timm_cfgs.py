@@ -1,7 +1,7 @@
 """Data configs of the timm models the recipes mirror (``timm_name``): the default pretrained tag's preprocessing.
 
 Values read from timm 1.0.31 (``timm.models.get_pretrained_cfg(name)``); every entry there has 3x224x224 input
-(ecaresnet26t: 256, its recipe's img_size), bicubic interpolation, a center crop and 1000 classes.
+(ecaresnet26t, ecaresnet50t: 256, their recipes' img_size), bicubic interpolation, a center crop and 1000 classes.
 ``model.pretrained_cfg`` is built from this table, so ``timm.data.resolve_data_config({}, model=model)`` gives our
 model timm's evaluation transform.
 """
@@ -33,6 +33,7 @@ TIMM_DATA_CFGS: dict[str, tuple[str, float, str]] = {
     "ecaresnet101d": ("miil_in1k", 0.875, "imagenet"),
     "ecaresnet26t": ("ra2_in1k", 0.875, "imagenet"),
     "ecaresnet50d": ("miil_in1k", 0.875, "imagenet"),
+    "ecaresnet50t": ("ra2_in1k", 0.875, "imagenet"),
     "ecaresnetlight": ("miil_in1k", 0.875, "imagenet"),
     "fasternet_l": ("in1k", 1.0, "imagenet"),
     "fasternet_m": ("in1k", 1.0, "imagenet"),
