@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import metablocks
 from metablocks import registry
 from metablocks.components.token_mixers.glmix import GLMixConfig, cluster_logits, dispatch, group
+from metablocks.interop.official import convert_official, family_of
 from metablocks.interop.official.glnet import convert_glnet, load_glnet
 from metablocks.recipe.errors import RecipeError
 from metablocks.recipe.loader import load_recipe
@@ -178,6 +179,15 @@ def test_converter_maps_the_official_state_dict_onto_ours(name: str) -> None:
     assert len(converted) == len(official)
     assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in model.state_dict().items()}
     load_glnet(model, official)  # strictly
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_convert_official_takes_the_official_state_dict(name: str) -> None:
+    """The registry finds the glnet converter from the recipe name and places every official key (nothing dropped)."""
+    official = {key: torch.zeros(shape, device="meta") for key, shape in MANIFEST[name]["keys"]}
+    assert family_of(name) == "glnet"
+    model = convert_official(official, _model(name))
+    assert model.official_dropped == []
 
 
 def test_converter_names_by_hand() -> None:

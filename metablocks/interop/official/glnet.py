@@ -1,8 +1,9 @@
 """Official GLNet weights (rayleizhu/GLMix ``models/glnet.py``, ``models/glnet_tklb.py``; checkpoints hold them under
 ``model``, glnet_16g's released ones under ``model_ema``) -> metablocks keys.
 
-    model = metablocks.create_model("glnet_4g")
-    load_glnet(model, torch.load("glnet_4g.pth")["model"])
+    model = convert_official("glnet_4g.pth", "glnet_4g")          # metablocks.interop.official
+    model = convert_official("glnet_16g.pth", "glnet_16g", key="model_ema")    # the released 16G weights
+    metablocks convert glnet_4g.pth --recipe glnet_4g -o glnet_4g.safetensors
 
 The official model is ``downsample_layers`` (the stem, then the three transitions), ``stages.i.blocks.j``, ``norm``
 (the BatchNorm before the mean) and ``head`` (and ``tklb_aux_head`` for token labelling). A GLMixBlock is
@@ -19,6 +20,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
+from metablocks.interop.official import official
 from metablocks.interop.timm import _load_strict
 
 _STEM_OVERLAPPED = [  # glnet_4g/9g/16g: Identity, 3x3 s2 conv, BN, GELU, 3x3 s2 conv, BN; transitions conv, BN
@@ -66,7 +68,8 @@ _HEAD = [
 _BLOCK = re.compile(r"^stages\.\d+\.blocks\.\d+\.")
 
 
-def convert_glnet(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+@official("glnet", source="rayleizhu/GLMix models/glnet.py, models/glnet_tklb.py")
+def convert_glnet(state_dict: Mapping[str, Tensor], model: nn.Module | None = None) -> dict[str, Tensor]:
     """Official GLNet keys -> ours: renames, and layer scales (1, C, 1, 1) -> (C,); every other tensor unchanged."""
     glmix_blocks = {m.group(0) for key in state_dict if (m := _BLOCK.match(key)) and ".relation_mha." in key}
     stem = _STEM_PATCHIFY if "downsample_layers.0.0.weight" in state_dict else _STEM_OVERLAPPED
