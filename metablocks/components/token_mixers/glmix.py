@@ -71,7 +71,7 @@ class GLMixConfig(MultiHeadConfig):
 
 def cluster_logits(slots: Tensor, tokens: Tensor, scale: Tensor) -> Tensor:
     """scale * cos(slot_i, token_n): (B or 1, S, C), (B, N, C) -> (B, S, N)."""
-    return F.normalize(slots, p=2, dim=-1) @ (scale * F.normalize(tokens, p=2, dim=-1)).transpose(-1, -2)
+    return F.normalize(slots, p=2.0, dim=-1) @ (scale * F.normalize(tokens, p=2.0, dim=-1)).transpose(-1, -2)
 
 
 def group(logits: Tensor, tokens: Tensor) -> Tensor:
