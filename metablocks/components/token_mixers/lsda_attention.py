@@ -63,13 +63,17 @@ class LSDAttentionConfig(MultiHeadConfig):
         height, width = ctx.resolution
         group, (ih, iw) = self.grouping(ctx.resolution)
         where = f" of stage {ctx.stage}" if ctx.stage is not None else ""
-        if group < self.group_size and (height % group or width % group):
-            errors.append(f"the {height}x{width} map{where} is no larger than group_size={self.group_size}, so it is "
-                          f"attended as {group}x{group} groups, which must divide it")
-        elif ih == iw == 1 and (height % group or width % group):
-            errors.append(f"group_size={group} does not divide the {height}x{width} map{where}: short distance "
-                          f"attention cuts it into {group}x{group} groups, so its sides must be multiples of {group} "
-                          f"(a fixed input resolution)")
+        if group < self.group_size:
+            if height % group or width % group:
+                errors.append(f"the {height}x{width} map{where} is no larger than group_size={self.group_size}, so "
+                              f"it is attended as {group}x{group} groups, which must divide it")
+        elif self.distance == "short" or self.interval is None:
+            if height % group or width % group:
+                what = ("short distance attention cuts it into" if self.distance == "short" else
+                        "long distance attention takes tokens H/G apart into")
+                errors.append(f"group_size={group} does not divide the {height}x{width} map{where}: {what} "
+                              f"{group}x{group} groups, so its sides must be multiples of {group} (a fixed input "
+                              f"resolution)")
         elif height % (group * ih) or width % (group * iw):
             errors.append(f"interval={ih} x group_size={group} = {group * ih} does not divide the {height}x{width} "
                           f"map{where}: long distance attention cuts it into {group * ih}x{group * ih} regions, so its "
@@ -83,6 +87,21 @@ class LSDAttentionConfig(MultiHeadConfig):
         return LSDAttention(ctx.dim, num_heads=num_heads, head_dim=head_dim, group=group, interval=interval,
                             resolution=ctx.resolution, qkv_bias=self.qkv_bias, dpb=self.dpb,
                             attn_drop=self.attn_drop, proj_drop=self.proj_drop)
+
+
+def to_groups(x: Tensor, regions: tuple[int, int], interval: tuple[int, int], group: int) -> Tensor:
+    """(B, H, W, C) -> (B * Rh * Rw * Ih * Iw, G * G, C), "b (rh gh ih) (rw gw iw) c -> (b rh rw ih iw) (gh gw) c":
+    group (rh, rw, ih, iw) holds the tokens (rh G Ih + gh Ih + ih, rw G Iw + gw Iw + iw), row-major in (gh, gw)."""
+    (rh, rw), (ih, iw), c = regions, interval, x.shape[-1]
+    x = x.reshape(-1, rh, group, ih, rw, group, iw, c).permute(0, 1, 4, 3, 6, 2, 5, 7)
+    return x.reshape(-1, group * group, c)
+
+
+def from_groups(x: Tensor, regions: tuple[int, int], interval: tuple[int, int], group: int) -> Tensor:
+    """The inverse of ``to_groups``: (B * groups, G * G, C) -> (B, H, W, C)."""
+    (rh, rw), (ih, iw), c = regions, interval, x.shape[-1]
+    x = x.reshape(-1, rh, rw, ih, iw, group, group, c).permute(0, 1, 5, 3, 2, 6, 4, 7)
+    return x.reshape(-1, rh * group * ih, rw * group * iw, c)
 
 
 @register("token_mixer", "lsda_attention", config=LSDAttentionConfig)
@@ -106,17 +125,13 @@ class LSDAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
-        (rh, rw), (ih, iw), g, c = self.regions, self.interval, self.group, self.dim
-        # "b (rh gh ih) (rw gw iw) c -> (b rh rw ih iw) (gh gw) c" (reshape/permute: TorchScript and torch.fx take these)
-        groups = x.reshape(-1, rh, g, ih, rw, g, iw, c).permute(0, 1, 4, 3, 6, 2, 5, 7).reshape(-1, g * g, c)
+        groups = to_groups(x, self.regions, self.interval, self.group)  # (B * groups, G*G, C)
         q, k, v = self.qkv(groups).unflatten(2, (3, self.num_heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
-        n = g * g
+        n = self.group * self.group
         bias = self.pos() if self.pos is not None else q.new_zeros(1, 1, n, n)  # (1, heads, N, N)
         out = biased_attention(q, k, v, bias.to(q.dtype), self.attn_drop if self.training else 0.0)
         out = self.proj_drop(self.proj(out.transpose(1, 2).flatten(2)))  # (B * groups, N, C)
-        # "(b rh rw ih iw) (gh gw) c -> b (rh gh ih) (rw gw iw) c"
-        out = out.reshape(-1, rh, rw, ih, iw, g, g, c).permute(0, 1, 5, 3, 2, 6, 4, 7)
-        return out.reshape(-1, self.resolution[0], self.resolution[1], c)
+        return from_groups(out, self.regions, self.interval, self.group)
 
     def extra_repr(self) -> str:
         kind = "short" if self.interval == (1, 1) else f"long, interval={self.interval}"

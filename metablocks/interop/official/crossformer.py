@@ -5,6 +5,7 @@ dynamic position bias ``attn.pos``, the MLP ``mlp``, the final LayerNorm ``norm`
 
     model = metablocks.create_model("crossformer_small")
     load_crossformer(model, torch.load("crossformer-s.pth", map_location="cpu")["model"])
+    metablocks convert crossformer-s.pth --recipe crossformer_small -o crossformer_small.safetensors
 
 Dropped on purpose: each attention's ``biases`` (the (2G-1)^2 offsets) and ``relative_position_index``, which the
 released code registers as persistent buffers; ours are rebuilt from the group size (non-persistent), equal values.
@@ -16,7 +17,7 @@ from collections.abc import Callable, Mapping
 
 from torch import Tensor, nn
 
-from metablocks.interop.timm import _load_strict
+from metablocks.interop.official import convert_official, official
 
 DROPS: tuple[str, ...] = (
     r"\.attn\.biases$",  # the DPB's input offsets: a buffer of the released code, rebuilt from G here
@@ -35,13 +36,13 @@ RENAMES: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
 ]
 
 
-def convert_crossformer(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Official CrossFormer keys -> ours (tensors unchanged: every layer has the official shape); the ``DROPS``
-    buffers are left out."""
+@official("crossformer", source="cheerss/CrossFormer models/crossformer.py (as released for CrossFormer, f20000d)",
+          drops=DROPS)
+def convert_crossformer(state_dict: Mapping[str, Tensor], model: nn.Module | None = None) -> dict[str, Tensor]:
+    """Official CrossFormer keys -> ours (tensors unchanged: every layer has the official shape). The ``DROPS``
+    buffers are taken out by the framework before this is called (``convert_official``)."""
     out = {}
     for key, value in state_dict.items():
-        if any(re.search(pattern, key) for pattern in DROPS):
-            continue
         for pattern, replacement in RENAMES:
             key = re.sub(pattern, replacement, key)
         out[key] = value
@@ -49,6 +50,6 @@ def convert_crossformer(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 
 def load_crossformer(model: nn.Module, state_dict: Mapping[str, Tensor]) -> nn.Module:
-    """Load an official CrossFormer state_dict into ``model`` strictly; returns the model."""
-    _load_strict(model, convert_crossformer(state_dict), source="the official CrossFormer weights", theirs="official")
-    return model
+    """Load an official CrossFormer state_dict into ``model`` strictly (the index buffers dropped and reported in
+    ``model.official_dropped``); returns the model, in eval mode."""
+    return convert_official(state_dict, model, family="crossformer")
