@@ -1,5 +1,5 @@
 """Dynamic position bias (DPB): an MLP maps each relative offset (dy, dx) of a G x G group to one bias per head
-(Wang et al., "CrossFormer: A Versatile Vision Transformer Hinging on Cross-scale Attention", ICLR 2022, Sec. 3.3;
+(Wang et al., "CrossFormer: A Versatile Vision Transformer Hinging on Cross-scale Attention", ICLR 2022;
 the official ``DynamicPosBias``).
 
     B(dy, dx) = fc3(relu(LN(fc2(relu(LN(fc1(relu(LN(proj([dy, dx])))))))))   (plain, the CrossFormer models)

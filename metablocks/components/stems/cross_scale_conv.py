@@ -1,6 +1,6 @@
 """Cross-scale embedding layer (CEL): convolutions of several kernel sizes on one stride-s grid, their outputs
 concatenated along channels (Wang et al., "CrossFormer: A Versatile Vision Transformer Hinging on Cross-scale
-Attention", ICLR 2022, Sec. 3.1; cheerss/CrossFormer ``PatchEmbed`` and ``PatchMerging``).
+Attention", ICLR 2022; cheerss/CrossFormer ``PatchEmbed`` and ``PatchMerging``).
 
     y = [conv_{k_1}(x) | conv_{k_2}(x) | ... | conv_{k_n}(x)],  stride s, padding (k_i - s) / 2
 

@@ -1,5 +1,5 @@
 """Long short distance attention (LSDA) with a dynamic position bias (Wang et al., "CrossFormer: A Versatile Vision
-Transformer Hinging on Cross-scale Attention", ICLR 2022, Sec. 3.2-3.3; cheerss/CrossFormer ``CrossFormerBlock``).
+Transformer Hinging on Cross-scale Attention", ICLR 2022; cheerss/CrossFormer ``CrossFormerBlock``).
 
 Self-attention inside groups of G x G tokens, with the bias of ``dynamic_position_bias`` (an MLP on (dy, dx)):
 
@@ -114,7 +114,7 @@ class LSDAttention(nn.Module):
                  attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
         super().__init__()
         self.dim, self.num_heads, self.group, self.attn_drop = dim, num_heads, group, attn_drop
-        self.interval, self.resolution = tuple(interval), tuple(resolution)
+        self.interval = tuple(interval)
         ih, iw = self.interval
         self.regions = (resolution[0] // (group * ih), resolution[1] // (group * iw))
         inner = num_heads * head_dim
