@@ -226,12 +226,13 @@ def _model(name: str, tiny):
     return tiny if name == "crossformer_tiny" else metablocks.create_model(name).eval()
 
 
-def test_recipes_record_the_readme() -> None:
-    for name, (dims, depths, _, _, paper) in SIZES.items():
-        recipe = load_recipe(name)
-        assert (recipe.paper.params_m, recipe.paper.macs_g, recipe.paper.top1) == paper
-        assert [s.depth for s in recipe.stages] == depths and [s.dim for s in recipe.stages] == dims
-        assert recipe.timm_name is None  # timm does not implement CrossFormer
+@pytest.mark.parametrize("name", ["crossformer_tiny", *SLOW])
+def test_recipe_records_the_readme(name: str) -> None:
+    dims, depths, _, _, paper = SIZES[name]
+    recipe = load_recipe(name)
+    assert (recipe.paper.params_m, recipe.paper.macs_g, recipe.paper.top1) == paper
+    assert [s.depth for s in recipe.stages] == depths and [s.dim for s in recipe.stages] == dims
+    assert recipe.timm_name is None  # timm does not implement CrossFormer
 
 
 @pytest.mark.parametrize("name", ["crossformer_tiny", *SLOW])
@@ -317,11 +318,13 @@ def test_macs_match_the_readme(name: str, crossformer_tiny) -> None:
     assert abs(gmacs - SIZES[name][4][1]) / SIZES[name][4][1] < 0.02
 
 
+NARROW = {"stages[2:].depth": 2, "stages[0].dim": 32, "stages[1].dim": 64, "stages[2].dim": 128, "stages[3].dim": 256}
+
+
 def test_forward_backward() -> None:
-    narrow = {"stages[2:].depth": 2, "stages[0].dim": 32, "stages[1].dim": 64, "stages[2].dim": 128, "stages[3].dim": 256}
-    model = metablocks.create_model("crossformer_tiny", num_classes=10, overrides=narrow).train()
-    out = model(torch.randn(2, 3, 224, 224))
-    assert out.shape == (2, 10)
+    model = metablocks.create_model("crossformer_tiny", num_classes=10, overrides=NARROW).train()
+    out = model(torch.randn(1, 3, 224, 224))
+    assert out.shape == (1, 10)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(ValueError, match="mixes over a fixed 224x224 token grid"):
@@ -330,7 +333,7 @@ def test_forward_backward() -> None:
 
 def test_another_resolution() -> None:
     """448: maps 112, 56, 28, 14 -- LDA intervals H/G = 16, 8, 4, 2 (the released code's rule), every map grouped."""
-    model = metablocks.create_model("crossformer_tiny", img_size=448, overrides={"stages[2:].depth": 2}).eval()
+    model = metablocks.create_model("crossformer_tiny", img_size=448, overrides=NARROW).eval()
     assert [s.blocks[-1].token_mixer.interval for s in model.stages] == [(1, 1), (1, 1), (4, 4), (2, 2)]
     assert model.stages[0].blocks[0].token_mixer.regions == (16, 16)
     with torch.no_grad():
