@@ -248,7 +248,7 @@ def test_params_equal_the_official_models(name: str, crossformer_tiny) -> None:
 def test_the_official_state_dict_loads_strictly(name: str, crossformer_tiny) -> None:
     """Every official key of the manifest is placed (the two index buffers per block dropped and reported)."""
     official = {key: torch.randn(shape) for key, shape in MANIFEST[name]["keys"]}
-    model = convert_official(official, _model(name, crossformer_tiny), family="crossformer")
+    model = convert_official(official, _model(name, crossformer_tiny))  # the family from the recipe's folder
     depth = sum(SIZES[name][1])
     assert len(model.official_dropped) == 2 * depth
     assert all(k.endswith((".attn.biases", ".attn.relative_position_index")) for k in model.official_dropped)
