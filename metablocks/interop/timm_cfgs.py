@@ -1,8 +1,9 @@
 """Data configs of the timm models the recipes mirror (``timm_name``): the default pretrained tag's preprocessing.
 
-Values read from timm 1.0.31 (``timm.models.get_pretrained_cfg(name)``); every entry there has 3x224x224 input,
-bicubic interpolation, a center crop and 1000 classes. ``model.pretrained_cfg`` is built from this table, so
-``timm.data.resolve_data_config({}, model=model)`` gives our model timm's evaluation transform.
+Values read from timm 1.0.31 (``timm.models.get_pretrained_cfg(name)``); every entry there has 3x224x224 input
+(ecaresnet26t, ecaresnet50t: 256, their recipes' img_size), bicubic interpolation, a center crop and 1000 classes.
+``model.pretrained_cfg`` is built from this table, so ``timm.data.resolve_data_config({}, model=model)`` gives our
+model timm's evaluation transform.
 """
 from __future__ import annotations
 
@@ -29,6 +30,11 @@ TIMM_DATA_CFGS: dict[str, tuple[str, float, str]] = {
     "convnext_pico": ("d1_in1k", 0.875, "imagenet"),
     "convnext_small": ("in12k_ft_in1k", 0.95, "imagenet"),
     "convnext_tiny": ("in12k_ft_in1k", 0.95, "imagenet"),
+    "ecaresnet101d": ("miil_in1k", 0.875, "imagenet"),
+    "ecaresnet26t": ("ra2_in1k", 0.875, "imagenet"),
+    "ecaresnet50d": ("miil_in1k", 0.875, "imagenet"),
+    "ecaresnet50t": ("ra2_in1k", 0.875, "imagenet"),
+    "ecaresnetlight": ("miil_in1k", 0.875, "imagenet"),
     "fasternet_l": ("in1k", 1.0, "imagenet"),
     "fasternet_m": ("in1k", 1.0, "imagenet"),
     "fasternet_s": ("in1k", 1.0, "imagenet"),
