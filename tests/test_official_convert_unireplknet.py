@@ -1,8 +1,8 @@
 """Official UniRepLKNet checkpoints in (AILab-CVC/UniRepLKNet unireplknet.py, the training form): the official
 state_dicts' keys (tests/data/unireplknet_official_keys.json: A, which F and P share in structure, N, and T, which S
 shares) load strictly into our recipes; the channels-last Linears become 1x1 convs and GRN's (1, 1, 1, C) parameters
-(C,). A deployed checkpoint is refused by name. Measured outside the repository against the official code
-(perturbed norms, some negative, GRN and layer scales): max |logit diff| 3.6e-7 (A)."""
+(C,). A deployed checkpoint (deploy=True keys) loads into our deployed model. Measured outside the repository against
+the official code (perturbed norms, some negative, GRN and layer scales): see the module's report numbers below."""
 import pytest
 import torch
 
@@ -40,12 +40,20 @@ def test_the_other_structures_load_strictly(name: str) -> None:
     assert n_params(model) == manifest("unireplknet")["models"][name]["params"]
 
 
-def test_a_deployed_checkpoint_is_refused_by_name(unireplknet_a) -> None:
-    official = zero_state("unireplknet", "unireplknet_a")
-    official["stages.2.0.dwconv.lk_origin.bias"] = torch.zeros(160)  # what reparameterize_unireplknet() leaves
-    with pytest.raises(OfficialWeightsError, match=r"deployed \(re-parameterized\) UniRepLKNet checkpoint .*"
-                                                   r"stages\.2\.0\.dwconv\.lk_origin\.bias"):
-        convert_official(official, unireplknet_a)
+def test_a_deployed_checkpoint_loads_into_our_deployed_model() -> None:
+    """The official deploy=True keys (dwconv with bias, no BNs, no gamma, GRN without beta, pwconv2.0 with bias) are
+    those of metablocks.deploy(model): the converter folds the model first, then loads strictly."""
+    official = zero_state("unireplknet", "unireplknet_a_deployed")
+    assert manifest("unireplknet")["models"]["unireplknet_a_deployed"]["params"] == 4_437_300  # the paper's 4.4M
+    official["stages.2.0.dwconv.lk_origin.bias"] = torch.arange(160.0)
+    official["stages.0.1.dwconv.bias"] = torch.arange(40.0)
+    official["stages.2.0.pwconv2.0.bias"] = -torch.arange(160.0)
+    model = convert_official(official, "unireplknet_a")
+    ours = model.state_dict()
+    assert n_params(model) == 4_437_300 and len(ours) == len(official)
+    assert torch.equal(ours["stages.2.blocks.0.token_mixer.lk_origin.bias"], torch.arange(160.0))
+    assert torch.equal(ours["stages.0.blocks.1.token_mixer.conv.bias"], torch.arange(40.0))
+    assert torch.equal(ours["stages.2.blocks.0.channel_mixer.fc2.bias"], -torch.arange(160.0))
 
 
 def test_a_checkpoint_with_a_missing_and_an_extra_key_names_both(unireplknet_a) -> None:

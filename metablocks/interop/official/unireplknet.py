@@ -8,9 +8,10 @@ The official model is ``downsample_layers`` (0: the stem, conv-LN-GELU-conv-LN; 
 ``pwconv2.2`` (BN) and ``gamma`` (the layer scale). Our GRN MLP runs on NCHW with 1x1 convs, so the Linears become
 (O, I, 1, 1) and the GRN parameters (C,); nothing else changes.
 
-Only the training form is accepted: a deployed checkpoint (``reparameterize_unireplknet()`` / ``deploy=True``: the
-dilated branches merged into a biased ``lk_origin``, the BNs and ``gamma`` folded into ``pwconv2.0``) is refused with
-an OfficialWeightsError saying so; load the training form and call ``metablocks.deploy(model)`` to get our deployed model.
+A deployed checkpoint (saved after ``reparameterize_unireplknet()``, or built with ``deploy=True``: the dilated
+branches and the BN merged into a biased ``dwconv``, GRN's beta, the BN and ``gamma`` folded into a biased
+``pwconv2.0``) is recognised by those biases; its keys are exactly those of our deployed model, so the model is first
+folded in place with ``metablocks.deploy(model)`` and the weights then load into that form.
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ RENAMES: list[tuple[str, str]] = [
     (r"^downsample_layers\.(\d)\.1\.", r"stages.\1.downsample.norm."),
     (r"^stages\.(\d)\.(\d+)\.", r"stages.\1.blocks.\2."),
     (r"(blocks\.\d+)\.gamma$", r"\1.layer_scale1.scale"),  # the block's layer scale (not GRN's act.1.gamma)
-    (r"\.dwconv\.weight$", ".token_mixer.conv.weight"),  # a bare depthwise 3x3 (kernel < 7)
+    (r"\.dwconv\.(weight|bias)$", r".token_mixer.conv.\1"),  # a bare depthwise 3x3 (kernel < 7); bias: deployed
     (r"\.dwconv\.", ".token_mixer."),  # DilatedReparamBlock: lk_origin, origin_bn, dil_conv_k*_*, dil_bn_k*_*
     (r"(blocks\.\d+)\.norm\.", r"\1.norm1."),  # BN after the depthwise conv
     (r"\.se\.", ".channel_mixer.se."),
@@ -48,13 +49,15 @@ _DEPLOYED = re.compile(r"(\.dwconv\.lk_origin\.bias|\.pwconv2\.0\.bias)$")
 
 @official("unireplknet", source="AILab-CVC/UniRepLKNet unireplknet.py")
 def convert_unireplknet(state_dict: Mapping[str, Tensor], model: nn.Module | None = None) -> dict[str, Tensor]:
-    """Official UniRepLKNet keys -> ours: Linear (O, I) -> 1x1 conv (O, I, 1, 1), GRN (1, 1, 1, C) -> (C,)."""
-    deployed = sorted(k for k in state_dict if _DEPLOYED.search(k))
-    if deployed:
-        raise OfficialWeightsError(
-            "this is a deployed (re-parameterized) UniRepLKNet checkpoint "
-            f"({len(deployed)} keys such as {deployed[0]} exist only after reparameterize_unireplknet()); "
-            "convert the training-form checkpoint (the released .pth files are) and call metablocks.deploy(model)")
+    """Official UniRepLKNet keys -> ours: Linear (O, I) -> 1x1 conv (O, I, 1, 1), GRN (1, 1, 1, C) -> (C,); a deployed
+    checkpoint folds ``model`` into its deployed form first (in place)."""
+    if any(_DEPLOYED.search(k) for k in state_dict):
+        if model is None:
+            raise OfficialWeightsError("a deployed (re-parameterized) UniRepLKNet checkpoint needs the model to fold "
+                                       "into its deployed form first: pass the built model")
+        from metablocks.deploy import deploy
+
+        deploy(model)  # in place; a no-op on a model deployed already
     out = {}
     for key, value in rename(dict(state_dict), RENAMES).items():
         if re.search(r"\.channel_mixer\.fc[12]\.weight$", key) and value.ndim == 2:
