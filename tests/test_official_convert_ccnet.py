@@ -6,12 +6,12 @@ the official code (a pure-PyTorch InPlaceABN as src/inplace_abn_cpu.cpp, perturb
 negative, 129x129 input): max |logit diff| 0 (bit-identical)."""
 import pytest
 import torch
+from official_keys import manifest, n_params, zero_state
 from torch import nn
 
 import metablocks
 from metablocks.interop.official import OfficialWeightsError, convert_official
 from metablocks.interop.official.ccnet import ABN_EPS, abn_weight
-from official_keys import manifest, n_params, zero_state
 
 DSN_PARAMS = 4_729_875  # the auxiliary head on layer 3: conv 3x3 1024->512 (bias), ABN, conv 1x1 512->19
 

@@ -4,10 +4,10 @@ repository against the official code (perturbed norms, some negative): max |logi
 6.6e-7 (B)."""
 import pytest
 import torch
+from official_keys import manifest, n_params, zero_state
 
 import metablocks
 from metablocks.interop.official import OfficialWeightsError, convert_official
-from official_keys import manifest, n_params, zero_state
 
 
 @pytest.fixture(scope="module")

@@ -6,11 +6,11 @@ differ by 0.2. Measured outside the repository against the official code (pertur
 |logit diff| 3.6e-7 (S)."""
 import pytest
 import torch
+from official_keys import manifest, n_params, zero_state
 
 import metablocks
 from metablocks.interop.official import OfficialWeightsError, convert_official
 from metablocks.interop.official.raftmlp import raft_norm_to_ours
-from official_keys import manifest, n_params, zero_state
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ by name. Measured outside the repository against the official code (perturbed BN
 |logit diff| 0 (bit-identical)."""
 import pytest
 import torch
+from official_keys import manifest, n_params, zero_state
 
 import metablocks
 from metablocks.interop.official import OfficialWeightsError, convert_official
-from official_keys import manifest, n_params, zero_state
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ shares) load strictly into our recipes; the channels-last Linears become 1x1 con
 the official code (perturbed norms, some negative, GRN and layer scales): see the module's report numbers below."""
 import pytest
 import torch
+from official_keys import manifest, n_params, zero_state
 
 import metablocks
 from metablocks.interop.official import OfficialWeightsError, convert_official
-from official_keys import manifest, n_params, zero_state
 
 
 @pytest.fixture(scope="module")

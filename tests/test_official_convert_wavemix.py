@@ -4,10 +4,10 @@ tensor. Measured outside the repository against the official code (perturbed BNs
 3.6e-7."""
 import pytest
 import torch
+from official_keys import manifest, n_params, zero_state
 
 import metablocks
 from metablocks.interop.official import OfficialWeightsError, convert_official
-from official_keys import manifest, n_params, zero_state
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ backbone's ABNs, followed by ReLU; leaky ReLU 0.01 in the head's) are the recipe
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from torch import Tensor, nn
 
@@ -28,7 +28,7 @@ def abn_weight(weight: Tensor, eps: float = ABN_EPS) -> Tensor:
     return weight.abs() + eps
 
 
-RENAMES: list[tuple[str, str]] = [
+RENAMES: list[tuple[str, str | Callable[[re.Match], str]]] = [
     (r"^(conv|bn)([123])\.", r"stem.\1\2."),
     (r"^layer(\d)\.(\d+)\.downsample\.0\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}.shortcut.conv."),
     (r"^layer(\d)\.(\d+)\.downsample\.1\.", lambda m: f"stages.{int(m.group(1)) - 1}.blocks.{m.group(2)}.shortcut.norm."),

@@ -14,7 +14,7 @@ training form and call ``metablocks.deploy(model)`` to get our deployed model.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from torch import Tensor, nn
 
@@ -28,7 +28,7 @@ def _block(match: re.Match) -> str:
     return f"stages.{match.group(1)}.blocks.{index // 2}.{part}."
 
 
-RENAMES: list[tuple[str, str]] = [
+RENAMES: list[tuple[str, str | Callable[[re.Match], str]]] = [
     (r"^stem\.(\d)\.bn\.", r"stem.layers.\1.norm."),
     (r"^stem\.(\d)\.conv\.", r"stem.layers.\1.conv."),
     (r"^transitions\.(\d)\.(\d)\.bn\.", lambda m: f"stages.{int(m.group(1)) + 1}.downsample.layers.{m.group(2)}.norm."),
