@@ -2,8 +2,8 @@
 the official state_dicts' keys (tests/data/raftmlp_official_keys.json, S/M/L) load strictly into our recipes; one
 official block is our blocks 2j (vertical) and 2j + 1 (horizontal + channel MLP). The raft LayerNorms run on the
 channels in (channel-in-raft, raft index) order there, so their parameters are permuted; copied verbatim, the logits
-differ by 0.55 (S, perturbed weights). Measured outside the repository against the official code (perturbed norms, some negative): max
-|logit diff| 3.6e-7 (S), 4.2e-7 (M), 3.7e-7 (L)."""
+differ by 0.55 (S, perturbed weights). Measured outside the repository against the official code (perturbed
+norms, some negative): max |logit diff| 3.6e-7 (S), 4.2e-7 (M), 3.7e-7 (L)."""
 import pytest
 import torch
 from official_keys import manifest, n_params, zero_state
