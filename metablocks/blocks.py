@@ -28,6 +28,7 @@ attention channels-last, with one permute at each stage boundary.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -425,13 +426,17 @@ class Block(nn.Module):
         self._tokens = self.layout == "tokens"  # a (B, P + H*W, C) stream: forward(x, hw)
         self._prefix = len(prefix)
         passthrough: dict[str, tuple[tuple[int, ...] | None, tuple[int, ...] | None]] = {}
+        grid: set[str] = set()
         for placed in plan.placed():
             self.add_module(placed.name, placed.component.build(placed.ctx))
             self._layouts[placed.name] = placed.ctx.layout
+            if self._tokens and not placed.passthrough and "hw" in inspect.signature(self._modules[placed.name].forward).parameters:
+                grid.add(placed.name)  # works on the stream and reads the map's size (CvT's conv projections)
             if placed.passthrough:  # (permute from the (B, H, W, C) map to its layout, and back)
                 passthrough[placed.name] = (permutation("channels_last", placed.ctx.layout),
                                             permutation(placed.ctx.layout, "channels_last"))
         self._passthrough = passthrough
+        self._grid = frozenset(grid)
         branches = []
         for bp in plan.branches:
             current, steps = self.layout, []
@@ -515,6 +520,8 @@ class Block(nn.Module):
             for name, _ in branch.steps:
                 if name in self._passthrough:
                     y = self._on_map(modules[name], y, hw, self._passthrough[name])
+                elif name in self._grid:
+                    y = modules[name](y, hw)
                 else:
                     y = modules[name](y)
             if branch.kind == "plain":

@@ -4,7 +4,9 @@ distillation token, Touvron et al. 2021; registers, Darcet et al. 2024), carried
 A stage with ``prefix_tokens`` (or ``layout: tokens``) runs its blocks on the token stream: its map is flattened
 after the downsample, the prefix tokens are put in front (cls, dist, then registers: timm's order), the stage's
 position embedding is added, and every component either works on the stream (attention attends over the prefix,
-norms and MLPs apply to it) or runs on the map alone while the prefix passes it unchanged (``TokenMode``).
+norms and MLPs apply to it) or runs on the map alone while the prefix passes it unchanged (``TokenMode``). A
+component on the stream whose ``forward`` takes ``hw`` is given the map's (H, W) too (CvT's convolutional projections
+split the prefix off, convolve the map and put it back inside their attention).
 """
 from __future__ import annotations
 
