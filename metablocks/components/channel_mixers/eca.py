@@ -18,14 +18,13 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-
 from metablocks.fields import Kernel
 from metablocks.registry import Component, Context, register
 
 
 def adaptive_kernel(channels: int, gamma: float = 2.0, beta: float = 1.0) -> int:
     """The paper's Eq. (12): the odd k nearest above |log2(C) / gamma + beta / gamma|, at least 3 (timm's EcaModule)."""
-    t = int(abs(math.log(channels, 2) + beta) / gamma)
+    t = int(abs(math.log(channels, 2) + beta) / gamma)  # noqa: FURB163 (timm's expression, float for float)
     return max(t if t % 2 else t + 1, 3)
 
 
@@ -40,7 +39,8 @@ class EcaConfig(Component):
 
     def check(self, ctx: Context) -> list[str]:
         if self.kernel_size is not None and self.kernel_size % 2 == 0:
-            return [f"kernel_size must be odd so the 1-D conv keeps the {ctx.dim} channels aligned, got {self.kernel_size}"]
+            return [f"kernel_size must be odd so the 1-D conv keeps the {ctx.dim} channels aligned, got "
+                    + str(self.kernel_size)]
         return []
 
     def build(self, ctx: Context) -> nn.Module:
@@ -49,7 +49,8 @@ class EcaConfig(Component):
 
 @register("channel_mixer", "eca", config=EcaConfig)
 class EfficientChannelAttention(nn.Module):
-    """x * sigmoid(conv1d_k(mean_HW x)) on (B, C, H, W); ``conv`` is timm's/the official ``nn.Conv1d(1, 1, k)`` (Wang et al. 2020)."""
+    """x * sigmoid(conv1d_k(mean_HW x)) on (B, C, H, W); ``conv`` is timm's and the official ``nn.Conv1d(1, 1, k)``
+    (Wang et al. 2020)."""
 
     def __init__(self, dim: int, *, kernel_size: int = 3) -> None:
         super().__init__()
