@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--deploy", action="store_true", help="also time our deployed model against the plain one")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="inference batch sizes (default: 1 8)")
     parser.add_argument("--train-batch", type=int, default=8, help="training-step batch (0: skip; default 8)")
-    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--img-size", type=int, default=None,
+                        help="input side (default: the recipe's img_size; HaloNets are built for 256)")
     parser.add_argument("--repeats", type=int, default=15, help="timed rounds (default 15)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -51,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.img_size is None:  # the size the recipe is built for (a fixed-grid or halo model runs at that one)
+        from metablocks.recipe import load_recipe
+
+        args.img_size = load_recipe(args.recipe, args.overrides or None).img_size[0]
     common = dict(batches=tuple(args.batch), img_size=args.img_size, repeats=args.repeats, warmup=args.warmup,
                   device=args.device, autocast=torch.bfloat16 if args.bf16 else None, channels_last=args.channels_last)
     reports = []
