@@ -1,0 +1,67 @@
+"""Pieces of TransNeXt's attention (Shi, "TransNeXt: Robust Foveal Visual Perception for Vision Transformers", CVPR
+2024) shared by ``aggregated_attention`` and ``cpb_attention``: the continuous position bias (CPB) table on
+log-spaced relative coordinates, its MLP, and the softplus temperature of the length-scaled cosine attention.
+
+Length-scaled cosine similarity of a query q and a key k, with n the number of keys the query sees:
+
+    logit = (q / |q| + query_embedding) . (k / |k|) * softplus(temperature) * log(n) + bias
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+TEMPERATURE_INIT = 1 / 0.24  # the official init of softplus(temperature)
+CPB_SPAN = 8.0  # relative coordinates are scaled to [-8, 8] across the pretrain map, then log2(|x| + 1) / log2(8)
+
+
+def temperature_init(num_heads: int) -> Tensor:
+    """The raw (pre-softplus) temperature per head, (heads, 1, 1), so that softplus of it is 1/0.24."""
+    return torch.full((num_heads, 1, 1), math.log(math.expm1(TEMPERATURE_INIT)))
+
+
+@torch.no_grad()
+def cpb_table(query_size: tuple[int, int], key_size: tuple[int, int],
+              pretrain_size: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """(index (Nq * Nk,), coords (T, 2)): the distinct relative positions of a query grid and a key grid and which of
+    them each (query, key) pair has, as the official ``get_relative_position_cpb``.
+
+    Key positions are the centres of the adaptive-average-pool cells over the query grid's axes (a pooled key sits at
+    the mean of the positions it averages); the offset q - k is scaled by 8 / (pretrain side - 1), then
+    ``sign(x) * log2(|x| + 1) / log2(8)``. The table is ``unique`` (sorted), the index its inverse.
+    """
+    pretrain_size = pretrain_size or query_size
+    axes = []
+    for q_len, k_len, pre in zip(query_size, key_size, pretrain_size):
+        q_axis = torch.arange(q_len, dtype=torch.float32, device="cpu")  # cpu: unique has no meta kernel
+        k_axis = F.adaptive_avg_pool1d(q_axis[None], k_len)[0]
+        axes.append((q_axis, k_axis, pre))
+    (qh, kh, pre_h), (qw, kw, pre_w) = axes
+    qh, qw = (t.reshape(-1) for t in torch.meshgrid(qh, qw, indexing="ij"))
+    kh, kw = (t.reshape(-1) for t in torch.meshgrid(kh, kw, indexing="ij"))
+    rel_h = (qh[:, None] - kh[None, :]) / (pre_h - 1) * CPB_SPAN
+    rel_w = (qw[:, None] - kw[None, :]) / (pre_w - 1) * CPB_SPAN
+    coords, index = torch.unique(torch.stack([rel_h, rel_w], dim=-1).view(-1, 2), return_inverse=True, dim=0)
+    coords = torch.sign(coords) * torch.log2(coords.abs() + 1.0) / math.log2(CPB_SPAN)
+    return on_default_device(index), on_default_device(coords)
+
+
+def on_default_device(t: Tensor) -> Tensor:
+    """``t`` (built on the cpu) on the device modules are being built on (meta when limits measure a recipe)."""
+    return t.to(torch.get_default_device())
+
+
+def cpb_bias(fc1: nn.Linear, fc2: nn.Linear, coords: Tensor, index: Tensor, shape: tuple[int, int]) -> Tensor:
+    """(heads, Nq, Nk): the CPB MLP fc2(relu(fc1(coords))) on the table, spread to every (query, key) pair."""
+    table = fc2(fc1(coords).relu_())  # (T, heads); in place, as the official ReLU(inplace=True)
+    return table.transpose(0, 1)[:, index].view(-1, *shape)
+
+
+def checked_map(built: tuple[int, int], height: int, width: int, what: str) -> None:
+    """A ValueError naming the built grid when a mixer with grid-sized buffers meets another map."""
+    if (height, width) != built:
+        raise ValueError(f"{what} were built for a fixed {built[0]}x{built[1]} token grid; got a {height}x{width} map "
+                         f"(build the model with img_size= to change it)")
