@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from metablocks.interop.families.convnext import rename
+from metablocks.interop.official import official
 from metablocks.interop.timm import _load_strict
 
 RENAMES: list[tuple[str, str]] = [
@@ -33,7 +34,8 @@ RENAMES: list[tuple[str, str]] = [
 ]
 
 
-def convert_biformer(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+@official("biformer", source="rayleizhu/BiFormer models/biformer.py")
+def convert_biformer(state_dict: Mapping[str, Tensor], model: nn.Module | None = None) -> dict[str, Tensor]:
     """Official BiFormer keys -> ours (tensors unchanged: every layer has the official shape)."""
     return rename(dict(state_dict), RENAMES)
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
+from metablocks.interop.official import official
 from metablocks.interop.timm import _load_strict
 
 
@@ -49,7 +50,8 @@ _RENAMES = [
 ]
 
 
-def convert_ffnet(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+@official("ffnet", source="ysj9909/FFNet models/ffnet.py")
+def convert_ffnet(state_dict: Mapping[str, Tensor], model: nn.Module | None = None) -> dict[str, Tensor]:
     """Official FFNet keys -> ours; layer scales (C, 1, 1) -> (C,), every other tensor as it is."""
     out = {}
     for key, value in state_dict.items():

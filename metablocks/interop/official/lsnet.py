@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
+from metablocks.interop.official import official
 from metablocks.interop.timm import _load_strict
 
 
@@ -45,7 +46,8 @@ _DISTILLED = [(r"^head\.fc\.", "head.fc.cls.linear."), (r"^head\.norm\.inner\.",
               (r"^head_dist\.bn\.", "head.fc.dist.norm.inner."), (r"^head_dist\.l\.", "head.fc.dist.linear.")]
 
 
-def convert_lsnet(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+@official("lsnet", source="THU-MIG/lsnet model/lsnet.py")
+def convert_lsnet(state_dict: Mapping[str, Tensor], model: nn.Module | None = None) -> dict[str, Tensor]:
     """Official LSNet keys -> ours (tensors unchanged); ``attention_bias_idxs`` left out (ours is rebuilt, not saved)."""
     distilled = any(key.startswith("head_dist.") for key in state_dict)
     out = {}

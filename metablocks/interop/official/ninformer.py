@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from metablocks.interop.families.convnext import rename
+from metablocks.interop.official import official
 from metablocks.interop.timm import _load_strict
 
 RENAMES: list[tuple[str, str]] = [
@@ -30,7 +31,8 @@ RENAMES: list[tuple[str, str]] = [
 ]
 
 
-def convert_ninformer(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+@official("ninformer", source="Abdullah-88/NiNformer ninformer.py")
+def convert_ninformer(state_dict: Mapping[str, Tensor], model: nn.Module | None = None) -> dict[str, Tensor]:
     """Official NiNformer keys -> ours: a whole model's (``model.i.``, ``patcher``, ``classifier``) or one
     NiNBlock's (its keys then map to one of our blocks')."""
     return rename(dict(state_dict), RENAMES)

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from metablocks.interop.families.convnext import rename
+from metablocks.interop.official import official
 from metablocks.interop.timm import _load_strict
 
 # keys inside a block, for the three PATConv forms (mlp is renamed channel_mixer first)
@@ -46,7 +47,8 @@ BLOCK = re.compile(r"^stages\.(\d+)\.blocks\.(\d+)\.(.*)$")
 MERGE = re.compile(r"^stages\.(\d+)\.(reduction|norm)\.(.*)$")
 
 
-def convert_partialnet(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+@official("partialnet", source="haiduo/PartialNet models/partialnet.py")
+def convert_partialnet(state_dict: Mapping[str, Tensor], model: nn.Module | None = None) -> dict[str, Tensor]:
     """Official PartialNet keys -> ours (a whole classification model's; a DDP ``module.`` prefix is dropped)."""
     state_dict = {re.sub(r"^module\.", "", k).replace(".mlp.", ".channel_mixer."): v for k, v in state_dict.items()}
     out: dict[str, Tensor] = {}
