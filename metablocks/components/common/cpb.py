@@ -34,17 +34,20 @@ def cpb_table(query_size: tuple[int, int], key_size: tuple[int, int],
     ``sign(x) * log2(|x| + 1) / log2(8)``. The table is ``unique`` (sorted), the index its inverse.
     """
     pretrain_size = pretrain_size or query_size
-    axes = []
+    values, inverse = [], []
     for q_len, k_len, pre in zip(query_size, key_size, pretrain_size):
         q_axis = torch.arange(q_len, dtype=torch.float32, device="cpu")  # cpu: unique has no meta kernel
         k_axis = F.adaptive_avg_pool1d(q_axis[None], k_len)[0]
-        axes.append((q_axis, k_axis, pre))
-    (qh, kh, pre_h), (qw, kw, pre_w) = axes
-    qh, qw = (t.reshape(-1) for t in torch.meshgrid(qh, qw, indexing="ij"))
-    kh, kw = (t.reshape(-1) for t in torch.meshgrid(kh, kw, indexing="ij"))
-    rel_h = (qh[:, None] - kh[None, :]) / (pre_h - 1) * CPB_SPAN
-    rel_w = (qw[:, None] - kw[None, :]) / (pre_w - 1) * CPB_SPAN
-    coords, index = torch.unique(torch.stack([rel_h, rel_w], dim=-1).view(-1, 2), return_inverse=True, dim=0)
+        axis_values, axis_index = torch.unique((q_axis[:, None] - k_axis[None, :]) / (pre - 1) * CPB_SPAN,
+                                               return_inverse=True)
+        values.append(axis_values)
+        inverse.append(axis_index)  # (q_len, k_len)
+    # every (row offset, column offset) pair occurs, so the sorted distinct pairs are the product of the sorted
+    # distinct offsets of each axis (what unique(dim=0) of all pairs gives, without sorting Nq * Nk rows)
+    (vh, vw), (ih, iw) = values, inverse
+    coords = torch.cartesian_prod(vh, vw)
+    index = ih[:, None, :, None] * len(vw) + iw[None, :, None, :]  # (qh, qw, kh, kw)
+    index = index.reshape(query_size[0] * query_size[1], key_size[0] * key_size[1]).reshape(-1)
     coords = torch.sign(coords) * torch.log2(coords.abs() + 1.0) / math.log2(CPB_SPAN)
     return on_default_device(index), on_default_device(coords)
 

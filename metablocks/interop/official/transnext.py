@@ -6,10 +6,10 @@ are plain state_dicts) -> metablocks keys. The official model is ``patch_embed{i
 official ``DWConv`` wrapper's ``dwconv.dwconv`` is our ``dwconv``).
 
 The official position-bias index/coordinate tables, padding masks and length scales are non-persistent buffers
-there as here: they are in no state_dict.
+there as here: they are in no state_dict, so nothing is dropped.
 
-    model = metablocks.create_model("transnext_tiny")
-    load_transnext(model, torch.load("transnext_tiny_224_1k.pth"))
+    model = convert_official("transnext_tiny_224_1k.pth", "transnext_tiny")
+    metablocks convert transnext_tiny_224_1k.pth --recipe transnext_tiny -o transnext_tiny.safetensors
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from torch import Tensor, nn
 
 from metablocks.interop.families.convnext import rename
+from metablocks.interop.official import official
 from metablocks.interop.timm import _load_strict
 
 RENAMES: list[tuple[str, str]] = [
@@ -28,14 +29,15 @@ RENAMES: list[tuple[str, str]] = [
     *[(rf"^norm{i}\.", f"stages.{i}.downsample.norm.") for i in (1, 2, 3)],  # stage i's final norm
     (r"^head\.", "head.fc."),  # before norm4's rename, which lands in head. too
     (r"^norm4\.", "head.norm."),  # the last stage's final norm: on the map, before the mean
-    (r"^block(\d)\.(\d+)\.", lambda m: f"stages.{int(m[1]) - 1}.blocks.{m[2]}."),  # type: ignore[list-item]
+    *[(rf"^block{i}\.", f"stages.{i - 1}.blocks.") for i in (1, 2, 3, 4)],
     (r"\.attn\.", ".token_mixer."),
     (r"\.mlp\.dwconv\.dwconv\.", ".channel_mixer.dwconv."),
     (r"\.mlp\.", ".channel_mixer."),
 ]
 
 
-def convert_transnext(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+@official("transnext", source="DaiShiResearch/TransNeXt classification/transnext.py")  # no drops: every key lands
+def convert_transnext(state_dict: Mapping[str, Tensor], model: nn.Module | None = None) -> dict[str, Tensor]:
     """Official TransNeXt keys -> ours (tensors unchanged: every layer has the official shape)."""
     return rename(dict(state_dict), RENAMES)
 
