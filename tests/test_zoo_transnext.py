@@ -245,6 +245,26 @@ def test_recipes_record_the_readme() -> None:
         assert recipe.timm_name is None  # timm does not implement TransNeXt
 
 
+def test_384_recipes_keep_the_224_coordinate_scale() -> None:
+    """The official 384 fine-tunes: TransNeXt(img_size=384, pretrain_size=224); every stage pools to 12x12 keys and
+    scales its CPB coordinates by the 224 maps (56, 28, 14, 7). README: S 32.1G 86.0, B 56.3G 86.2."""
+    for name, paper in (("transnext_small_384", (49.7, 32.1, 86.0)), ("transnext_base_384", (89.7, 56.3, 86.2))):
+        recipe, base = load_recipe(name), load_recipe(name.removesuffix("_384"))
+        assert recipe.img_size == (384, 384) and recipe.paper.resolution == 384
+        assert (recipe.paper.params_m, recipe.paper.macs_g, recipe.paper.top1) == paper
+        assert [s.token_mixer[0].cpb_pretrain_size for s in recipe.stages] == [56, 28, 14, 7]
+        strip = [s.model_copy(update={"token_mixer": [s.token_mixer[0].model_copy(update={"cpb_pretrain_size": None})]})
+                 for s in recipe.stages]
+        assert strip == list(base.stages)  # otherwise the 224 model
+
+
+def test_cpb_pretrain_size_reaches_the_tables() -> None:
+    """A 12x12 map (stage 4 at 384) pretrained at 7x7: offsets up to 11 are scaled by 8 / 6, past the pretrain span."""
+    mixer = CpbAttentionConfig(num_heads=1, cpb_pretrain_size=7).build(Context(8, resolution=(12, 12)))
+    assert math.isclose(mixer.relative_coords_table.max().item(), math.log2(11 * 8 / 6 + 1) / L8, rel_tol=1e-6)
+    assert math.isclose(mixer.seq_length_scale, math.log(144))  # the length scale is the map's own
+
+
 @pytest.mark.parametrize("name", ["transnext_micro", *SLOW])
 def test_params_equal_the_official_models(name: str, micro) -> None:
     assert n_params(_model(name, micro)) == MANIFEST[name]["params"] == SIZES[name][3]
