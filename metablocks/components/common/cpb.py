@@ -1,6 +1,7 @@
 """Pieces of TransNeXt's attention (Shi, "TransNeXt: Robust Foveal Visual Perception for Vision Transformers", CVPR
 2024) shared by ``aggregated_attention`` and ``cpb_attention``: the continuous position bias (CPB) table on
-log-spaced relative coordinates, its MLP, and the softplus temperature of the length-scaled cosine attention.
+log-spaced relative coordinates, the spreading of its MLP's output to every pair, and the softplus temperature of
+the length-scaled cosine attention.
 
 Length-scaled cosine similarity of a query q and a key k, with n the number of keys the query sees:
 
@@ -12,7 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 TEMPERATURE_INIT = 1 / 0.24  # the official init of softplus(temperature)
 CPB_SPAN = 8.0  # relative coordinates are scaled to [-8, 8] across the pretrain map, then log2(|x| + 1) / log2(8)
@@ -57,10 +58,10 @@ def on_default_device(t: Tensor) -> Tensor:
     return t.to(torch.get_default_device())
 
 
-def cpb_bias(fc1: nn.Linear, fc2: nn.Linear, coords: Tensor, index: Tensor, shape: tuple[int, int]) -> Tensor:
-    """(heads, Nq, Nk): the CPB MLP fc2(relu(fc1(coords))) on the table, spread to every (query, key) pair."""
-    table = fc2(fc1(coords).relu_())  # (T, heads); in place, as the official ReLU(inplace=True)
-    return table.transpose(0, 1)[:, index].view(-1, *shape)
+def cpb_bias(table: Tensor, index: Tensor, queries: int, keys: int) -> Tensor:
+    """(heads, Nq, Nk): the CPB MLP's output on the distinct coordinates, (T, heads), spread to every (query, key)
+    pair through the table's index."""
+    return table.transpose(0, 1)[:, index].view(-1, queries, keys)
 
 
 def checked_map(built: tuple[int, int], height: int, width: int, what: str) -> None:
@@ -68,3 +69,15 @@ def checked_map(built: tuple[int, int], height: int, width: int, what: str) -> N
     if (height, width) != built:
         raise ValueError(f"{what} were built for a fixed {built[0]}x{built[1]} token grid; got a {height}x{width} map "
                          f"(build the model with img_size= to change it)")
+
+
+def grid_problems(resolution: tuple[int, int] | None, pretrain: int | None, what: str) -> list[str]:
+    """The checks every CPB mixer shares: it needs the map's size, and a side of 2 or more to scale coordinates by."""
+    if resolution is None:
+        return [f"{what} is built for a fixed token grid (its position-bias tables and length scales are sized by the "
+                f"map): it needs the map's resolution; give the recipe an img_size"]
+    sides = (pretrain, pretrain) if pretrain is not None else resolution
+    if min(sides) < 2:
+        return [f"{what} scales relative coordinates by the map's side - 1, so it needs a map of at least 2x2; "
+                f"got {'cpb_pretrain_size=' + str(pretrain) if pretrain is not None else 'a %dx%d map' % resolution}"]
+    return []

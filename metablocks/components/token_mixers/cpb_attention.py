@@ -2,16 +2,14 @@
 Robust Foveal Visual Perception for Vision Transformers", CVPR 2024), as the official ``transnext.Attention``."""
 from __future__ import annotations
 
-from typing import ClassVar
-
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metablocks.components.common.cpb import checked_map, cpb_bias, cpb_table, temperature_init
-from metablocks.components.token_mixers.aggregated_attention import grid_problems
+from metablocks.components.common.cpb import checked_map, cpb_bias, cpb_table, grid_problems, temperature_init
 from metablocks.components.token_mixers.attention import MultiHeadConfig
 from metablocks.fields import Probability, Width
 from metablocks.registry import Context, register
@@ -76,12 +74,17 @@ class CpbAttention(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
         if not torch.jit.is_scripting() and not fx_tracing():
-            checked_map(self.resolution, x.shape[1], x.shape[2], "cpb_attention's position biases")
+            self._check_resolution(x)
         b, h, w, c = x.shape
         n = h * w
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q = (F.normalize(q, dim=-1) + self.query_embedding) * (F.softplus(self.temperature) * self.seq_length_scale)
-        bias = cpb_bias(self.cpb_fc1, self.cpb_fc2, self.relative_coords_table, self.relative_pos_index, (n, n))
+        table = self.cpb_fc2(self.cpb_fc1(self.relative_coords_table).relu_())  # the CPB MLP, (T, heads)
+        bias = cpb_bias(table, self.relative_pos_index, n, n)
         out = F.scaled_dot_product_attention(q, F.normalize(k, dim=-1), v, attn_mask=bias.to(q.dtype),
                                              dropout_p=self.attn_drop if self.training else 0.0, scale=1.0)
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(b, h, w, c)))
+
+    @torch.jit.unused
+    def _check_resolution(self, x: Tensor) -> None:
+        checked_map(self.resolution, x.shape[1], x.shape[2], "cpb_attention's position biases")
