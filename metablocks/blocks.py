@@ -28,6 +28,7 @@ attention channels-last, with one permute at each stage boundary.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
@@ -135,7 +136,8 @@ class BlockConfig(BaseModel):
     layer_scale: Scale | None = None  # init value of a learnable per-channel scale on each branch
     res_scale: Scale | None = None  # init value of a learnable per-channel scale on each shortcut
     post_act: Annotated[Component, Ref("act")] | None = None  # after the residual sum (ResNet's final ReLU)
-    layout: Literal["channels_first", "channels_last"] | None = None  # pin the residual stream's layout (None: auto)
+    # pin the residual stream's layout (None: auto); "tokens": a (B, N, C) token stream, as ViT runs end to end
+    layout: Literal["channels_first", "channels_last", "tokens"] | None = None
 
     @field_validator("shape")
     @classmethod
@@ -196,7 +198,10 @@ class BlockConfig(BaseModel):
         return tuple(tuple(b.path) for b in self.branch_specs())
 
     def stream_layout(self, incoming: Layout) -> Layout:
-        """The residual stream's layout: pinned, else the first component with a fixed layout decides."""
+        """The residual stream's layout: pinned, else the first component with a fixed layout decides (a token
+        stream stays one: its components work on it or run on its map, see ``TokenMode``)."""
+        if incoming == "tokens":
+            return "tokens"
         if self.layout is not None:
             return self.layout
         for component in (self.token_mixer, self.channel_mixer, self.norm, *self.slots.values()):
@@ -247,6 +252,7 @@ class Placed:
     loc: tuple[Any, ...]  # field path inside the block config (("slots", "cpe"), ("token_mixer",), ("norm",))
     component: Component
     ctx: Context
+    passthrough: bool = False  # in a token stream: runs on the map, the prefix tokens pass it unchanged
 
 
 @dataclass
@@ -290,7 +296,7 @@ def strided(resolution: tuple[int, int] | None, stride: int) -> tuple[int, int] 
 
 def plan_block(config: BlockConfig, dim: int, *, in_dim: int | None = None, stride: int = 1,
                resolution: tuple[int, int] | None = None, io_layout: Layout | None = None, drop_path: float = 0.0,
-               stage: int | None = None, block: int | None = None) -> BlockPlan:
+               stage: int | None = None, block: int | None = None, prefix: tuple[str, ...] = ()) -> BlockPlan:
     """Place every component of ``config`` for a block of width ``dim`` taking ``in_dim`` channels (and ``stride``)."""
     layout = config.stream_layout(io_layout or "channels_first")
     plan = BlockPlan(layout)
@@ -313,6 +319,11 @@ def plan_block(config: BlockConfig, dim: int, *, in_dim: int | None = None, stri
             out = cur
         changes = out != cur or step_stride != 1
         changer = None
+        if changes and layout == "tokens":
+            plan.problems.append((loc, f"branch {i} would change the token stream (width {cur} -> {out}, stride "
+                                       f"{step_stride}): the blocks of a token stage keep their width and map (a "
+                                       f"downsample before the stage changes them)"))
+            changes = False
         if changes:
             changer = next((k for k, slot in enumerate(spec.path) if slot != "norm"
                             and type(config.component(slot)).can_change(step_stride)), None)
@@ -331,19 +342,23 @@ def plan_block(config: BlockConfig, dim: int, *, in_dim: int | None = None, stri
         for k, slot in enumerate(spec.path):
             component = config.component(slot)
             assert component is not None
-            own = resolve(type(component).layout, layout)
+            passthrough = layout == "tokens" and component.token_mode() == "passthrough"
+            own = resolve(type(component).layout, "channels_last" if passthrough else layout)
+            if layout == "tokens" and not passthrough:
+                own = "tokens"
             if k == changer:
                 ctx = Context(width, out_dim=out, resolution=here, layout=own, stage=stage, block=block,
-                              stride=step_stride, drop_path=drop_path)
+                              stride=step_stride, drop_path=drop_path, prefix=prefix if own == "tokens" else ())
                 width, here = out, strided(here, step_stride)
             else:
-                ctx = Context(width, resolution=here, layout=own, stage=stage, block=block, drop_path=drop_path)
+                ctx = Context(width, resolution=here, layout=own, stage=stage, block=block, drop_path=drop_path,
+                              prefix=prefix if own == "tokens" else ())
             if slot == "norm":
                 norms += 1
                 name, slot_loc = f"norm{norms}", ("norm",)
             else:
                 name, slot_loc = slot, ((slot,) if slot in STANDARD_SLOTS else ("slots", slot))
-            placed = Placed(name, slot_loc, component, ctx)
+            placed = Placed(name, slot_loc, component, ctx, passthrough)
             if name in used and used[name].ctx != ctx:
                 plan.problems.append((slot_loc, f"slot {slot!r} is used twice, at width {used[name].ctx.dim} and at "
                                                 f"{ctx.dim}: one module cannot be both (give each use its own slot)"))
@@ -393,27 +408,42 @@ class Block(nn.Module):
 
     def __init__(self, dim: int, config: BlockConfig, *, resolution: tuple[int, int] | None = None,
                  drop_path: float = 0.0, io_layout: Layout | None = None, stage: int | None = None,
-                 block: int | None = None, in_dim: int | None = None, stride: int = 1) -> None:
+                 block: int | None = None, in_dim: int | None = None, stride: int = 1,
+                 prefix: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.config = config
         self.dim = dim
         self.in_dim = in_dim if in_dim is not None else dim
         plan = plan_block(config, dim, in_dim=in_dim, stride=stride, resolution=resolution, io_layout=io_layout,
-                          drop_path=drop_path, stage=stage, block=block)
+                          drop_path=drop_path, stage=stage, block=block, prefix=prefix)
         if plan.problems:
             raise ValueError("; ".join(f"{'.'.join(map(str, loc))}: {message}" for loc, message in plan.problems))
         self.layout: Layout = plan.layout
         self.io_layout: Layout = io_layout or self.layout
         self.out_resolution = plan.out_resolution
         self._layouts: dict[str, Layout] = {}  # each step's layout (deploy folds per channel axis)
-        channels_last = self.layout == "channels_last"
+        channels_last = self.layout in ("channels_last", "tokens")
+        self._tokens = self.layout == "tokens"  # a (B, P + H*W, C) stream: forward(x, hw)
+        self._prefix = len(prefix)
+        passthrough: dict[str, tuple[tuple[int, ...] | None, tuple[int, ...] | None]] = {}
+        grid: set[str] = set()
         for placed in plan.placed():
             self.add_module(placed.name, placed.component.build(placed.ctx))
             self._layouts[placed.name] = placed.ctx.layout
+            if self._tokens and not placed.passthrough and "hw" in inspect.signature(self._modules[placed.name].forward).parameters:
+                grid.add(placed.name)  # works on the stream and reads the map's size (CvT's conv projections)
+            if placed.passthrough:  # (permute from the (B, H, W, C) map to its layout, and back)
+                passthrough[placed.name] = (permutation("channels_last", placed.ctx.layout),
+                                            permutation(placed.ctx.layout, "channels_last"))
+        self._passthrough = passthrough
+        self._grid = frozenset(grid)
         branches = []
         for bp in plan.branches:
             current, steps = self.layout, []
             for placed in bp.steps:
+                if placed.passthrough:  # the block runs it on the map, in and out of the token stream
+                    steps.append((placed.name, None))
+                    continue
                 steps.append((placed.name, permutation(current, placed.ctx.layout)))
                 current = placed.ctx.layout
             names: dict[str, str] = {}
@@ -441,11 +471,16 @@ class Block(nn.Module):
 
     def __prepare_scriptable__(self) -> nn.Module:
         """TorchScript gets the block's plan unrolled (metablocks/tracing.py): same submodules, same names."""
+        from typing import Tuple
+
         from metablocks.tracing import unrolled
 
-        return unrolled(self)
+        return unrolled(self, {"hw": Tuple[int, int]} if self._tokens else None)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, hw: tuple[int, int] | None = None) -> Tensor:
+        """``x`` in ``io_layout``; a token stream (B, P + H*W, C) also takes its map's ``hw``."""
+        if self._tokens:
+            return self._forward_tokens(x, hw)
         if self._in_perm:
             x = x.permute(self._in_perm)
         modules = self._modules
@@ -475,6 +510,43 @@ class Block(nn.Module):
         if self.post_act is not None:
             x = self.post_act(x)
         return x.permute(self._out_perm) if self._out_perm else x
+
+    def _forward_tokens(self, x: Tensor, hw: tuple[int, int] | None) -> Tensor:
+        """The branches over a token stream; a passthrough component runs on the map tokens alone, as a (B, H, W, C)
+        map (permuted to its layout), and the prefix tokens go by it unchanged."""
+        modules = self._modules
+        for branch in self._branches:
+            y = x
+            for name, _ in branch.steps:
+                if name in self._passthrough:
+                    y = self._on_map(modules[name], y, hw, self._passthrough[name])
+                elif name in self._grid:
+                    y = modules[name](y, hw)
+                else:
+                    y = modules[name](y)
+            if branch.kind == "plain":
+                x = y
+            elif branch.kind == "concat":
+                x = torch.cat([x, y], dim=-1)
+            else:
+                shortcut = modules[branch.res_scale](x) if branch.res_scale else x
+                if branch.drop_path:
+                    y = modules[branch.drop_path](y)
+                x = self._residual(shortcut, y, branch)
+        if self.post_act is not None:
+            x = self.post_act(x)
+        return x
+
+    def _on_map(self, module: nn.Module, x: Tensor, hw: tuple[int, int] | None,
+                perms: tuple[tuple[int, ...] | None, tuple[int, ...] | None]) -> Tensor:
+        if hw is None:
+            raise ValueError("a token-stream block with a component that runs on the map needs the map's size: "
+                             "block(x, hw=(H, W))")
+        prefix, grid = x[:, : self._prefix], x[:, self._prefix:]
+        grid = grid.unflatten(1, hw)  # (B, H, W, C)
+        grid = module(grid.permute(perms[0]) if perms[0] else grid)
+        grid = (grid.permute(perms[1]) if perms[1] else grid).flatten(1, 2)
+        return torch.cat([prefix, grid], dim=1) if self._prefix else grid
 
     def _residual(self, shortcut: Tensor, y: Tensor, branch: _Branch) -> Tensor:
         """shortcut + layer_scale * y (layer scale where configured); computed in the memory of the branch output

@@ -19,11 +19,33 @@ if TYPE_CHECKING:  # the model imports this module; this one needs the model's t
 
 def stage_block_outputs(stage: Stage, x: Tensor) -> Iterator[Tensor]:
     """The (B, C, H, W) output of each block of ``stage`` in turn (the feature levels of an isotropic model)."""
+    for _, feature in stage_levels(stage, x, per_block=True):
+        yield feature
+
+
+def stage_levels(stage: Stage, x: Tensor, *, per_block: bool) -> Iterator[tuple[Tensor, Tensor]]:
+    """(what flows on, its (B, C, H, W) feature map) after each block (``per_block``: an isotropic model's levels) or
+    after the whole stage. They differ for a token stage, whose stream goes on (to the head, with its prefix tokens)
+    while its feature is the map of its map tokens."""
+    if stage.tokens:
+        x, hw = stage.to_tokens(stage.downsample(x))
+        for j, block in enumerate(stage.blocks):
+            x = block(x, hw)
+            if per_block or j == len(stage.blocks) - 1:
+                yield (x if stage.prefix else stage.to_map(x, hw)), stage.to_map(x, hw)
+        if not len(stage.blocks):
+            yield (x if stage.prefix else stage.to_map(x, hw)), stage.to_map(x, hw)
+        return
+    if not per_block:
+        x = stage(x)
+        yield x, x
+        return
     x = stage.downsample(x)
     for perm, block in zip(stage._perms, stage.blocks):
         x = block(x.permute(perm) if perm else x)
         back = permutation(block.io_layout, "channels_first")
-        yield x.permute(back) if back else x
+        feature = x.permute(back) if back else x
+        yield feature, feature
 
 
 def feature_take_indices(count: int, indices: int | Iterable[int] | None, name: str) -> list[int]:
@@ -126,8 +148,8 @@ class FeatureExtractor(nn.Module):
     def forward(self, x: Tensor) -> list[Tensor]:
         x, out, level = self.stem(x), [], 0
         for stage in self.stages:
-            for x in (stage_block_outputs(stage, x) if self.isotropic else [stage(x)]):
+            for x, feature in stage_levels(stage, x, per_block=self.isotropic):
                 if level in self.out_indices:
-                    out.append(x)  # (B, C_i, H / r_i, W / r_i)
+                    out.append(feature)  # (B, C_i, H / r_i, W / r_i)
                 level += 1
         return out

@@ -23,9 +23,10 @@ from metablocks.recipe.errors import Problem, RecipeError, component_problems
 from metablocks.recipe.loader import load_recipe
 from metablocks.recipe.schema import Recipe, StageConfig
 from metablocks.registry import Component, Context, Layout
+from metablocks.tokens import PrefixTokens
 from metablocks.tracing import fx_tracing
 
-from metablocks.features import FeatureExtractor, feature_take_indices, stage_block_outputs
+from metablocks.features import FeatureExtractor, feature_take_indices, stage_levels
 
 
 class Stage(nn.Module):
@@ -41,14 +42,23 @@ class Stage(nn.Module):
                            if config.downsample is not None else nn.Identity())
         if config.downsample is not None:
             resolution = config.downsample.out_resolution(resolution)
-        layout: Layout = "channels_first"
-        blocks, stride = [], config.stride
         dim = config.block_dim(0) if config.downsample is not None else in_dim
+        # a token stage (metablocks/tokens.py): the map flattened to (B, H*W, C), prefix tokens put in front, the
+        # position embedding added, blocks on the stream; the prefix tokens are carried out to the head
+        self.tokens, self.prefix = config.tokens, config.prefix()
+        if config.prefix_tokens is not None and self.prefix:
+            self.prefix_tokens = PrefixTokens(dim, config.prefix_tokens)
+        if config.pos_embed is not None:
+            self.pos_embed = config.pos_embed.build(Context(dim, resolution=resolution, stage=index, prefix=self.prefix,
+                                                            layout="tokens" if self.tokens else "channels_first"))
+        layout: Layout = "tokens" if self.tokens else "channels_first"
+        blocks, stride = [], config.stride
         for j in range(config.depth):
             block_config = config.block(j)
             layout = block_config.stream_layout(layout)
             blocks.append(Block(config.block_dim(j), block_config, resolution=resolution, drop_path=drop_path[j],
-                                io_layout=layout, stage=index, block=j, in_dim=dim, stride=stride if j == 0 else 1))
+                                io_layout=layout, stage=index, block=j, in_dim=dim, stride=stride if j == 0 else 1,
+                                prefix=self.prefix))
             resolution, dim = blocks[-1].out_resolution or resolution, config.block_dim(j)
         self.resolution = resolution  # of the stage's output map
         self.blocks = nn.Sequential(*blocks)
@@ -72,11 +82,36 @@ class Stage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.downsample(x)
+        if self.tokens:
+            return self._forward_tokens(x)
+        if hasattr(self, "pos_embed"):
+            x = self.pos_embed(x, (x.shape[2], x.shape[3]))
         for perm, block in zip(self._perms, self.blocks):
             if perm:
                 x = x.permute(perm)
             x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and self.training else block(x)
         return x.permute(self._out_perm) if self._out_perm else x
+
+
+    def to_tokens(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """The (B, C, H, W) map after the downsample as this stage's token stream (B, P + H*W, C), and (H, W)."""
+        hw = (x.shape[2], x.shape[3])
+        x = x.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        if hasattr(self, "prefix_tokens"):
+            x = self.prefix_tokens(x)
+        if hasattr(self, "pos_embed"):
+            x = self.pos_embed(x, hw)
+        return x, hw
+
+    def to_map(self, x: Tensor, hw: tuple[int, int]) -> Tensor:
+        """A token stream's map tokens as a (B, C, H, W) map (the prefix tokens left out)."""
+        return x[:, len(self.prefix):].transpose(1, 2).unflatten(2, hw)
+
+    def _forward_tokens(self, x: Tensor) -> Tensor:
+        x, hw = self.to_tokens(x)
+        for block in self.blocks:
+            x = checkpoint(block, x, hw, use_reentrant=False) if self.grad_checkpointing and self.training else block(x, hw)
+        return x if self.prefix else self.to_map(x, hw)  # prefix tokens go on to the head with the stream
 
 
 class MetaModel(nn.Module):
@@ -110,11 +145,16 @@ class MetaModel(nn.Module):
             self.feature_info += [dict(num_chs=dim, reduction=round(reduction), module=m) for m in modules]
         self.stages = nn.Sequential(*stages)
         self.num_features = dim
-        self.head = recipe.head.build(Context(dim, out_dim=recipe.num_classes, resolution=resolution))
+        carried = stages[-1].prefix  # a last stage with prefix tokens hands the head its token stream
+        self.head = recipe.head.build(Context(dim, out_dim=recipe.num_classes, resolution=resolution, prefix=carried,
+                                              layout="tokens" if carried else "channels_first"))
         self.head_hidden_size = getattr(self.head, "hidden_size", dim)  # the width forward_head(pre_logits=True) gives
         self.fixed_resolution = any(getattr(type(c), "fixed_resolution", False)
                                     for s in recipe.stages for c in s.components())
         self.apply(_init_weights)
+        for module in self.modules():  # a component's own init after the model's (ConViT's local init of GPSA)
+            if callable(getattr(module, "after_init", None)):
+                module.after_init()
         self.pretrained_cfg = pretrained_cfg(self)
 
     @property
@@ -167,8 +207,7 @@ class MetaModel(nn.Module):
         for stage in self.stages:
             if stop_early and feature > last:
                 break
-            for level in (stage_block_outputs(stage, x) if self.isotropic else [stage(x)]):
-                x = level
+            for x, level in stage_levels(stage, x, per_block=self.isotropic):
                 if feature in take:
                     if norm and feature == len(self.feature_info) - 1 and getattr(self.head, "norm_first", False):
                         level = self.head.norm(level)

@@ -37,9 +37,14 @@ from pydantic import (
 from pydantic_core import PydanticCustomError, core_schema
 from torch import nn
 
-KINDS: tuple[str, ...] = ("token_mixer", "channel_mixer", "norm", "act", "stem", "downsample", "head", "shortcut")
+KINDS: tuple[str, ...] = ("token_mixer", "channel_mixer", "norm", "act", "stem", "downsample", "head", "shortcut",
+                          "pos_embed")
 SLOT_KINDS: tuple[str, ...] = ("token_mixer", "channel_mixer", "norm", "act")  # what a block's named slot may hold
-Layout = Literal["channels_first", "channels_last", "any"]
+Layout = Literal["channels_first", "channels_last", "any", "tokens"]
+# what a component does with the prefix tokens (CLS, distillation, registers) of a token stream (B, P + H*W, C):
+# attends over them with the map's tokens (attention), applies to every token alike (norms, MLPs), or lets them pass
+# (the block splits them off, runs the component on the (B, H, W, C) map and puts them back unchanged: conv mixers)
+TokenMode = Literal["attend", "apply", "passthrough"]
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,11 @@ class Context:
     block: int | None = None
     stride: int = 1  # a block's transition: the stride the component that changes the map carries (blocks.py)
     drop_path: float = 0.0  # the block's drop-path rate (a composite that holds a whole block passes it on)
+    prefix: tuple[str, ...] = ()  # the prefix tokens before the map's in a token stream, in order ("cls", "dist")
 
     @property
     def channels_last(self) -> bool:
-        return self.layout == "channels_last"
+        return self.layout in ("channels_last", "tokens")  # a token stream (B, N, C) keeps channels last too
 
 
 class Component(BaseModel):
@@ -81,6 +87,7 @@ class Component(BaseModel):
     # derives it from the module's signature (an ``out_dim`` or ``in_dim`` parameter, and ``stride``); a config
     # that builds its module itself and reads ``ctx.out_dim``/``ctx.stride`` sets True
     changes_width: ClassVar[bool | None] = None
+    tokens: ClassVar[TokenMode] = "passthrough"  # in a token stream; see TokenMode (``token_mode`` may refine it)
 
     @model_validator(mode="before")
     @classmethod
@@ -108,6 +115,11 @@ class Component(BaseModel):
     def check(self, ctx: Context) -> list[str]:
         """Constraint violations for this component at ``ctx`` (empty when it fits)."""
         return []
+
+    def token_mode(self) -> TokenMode:
+        """What this component does with a token stream's prefix tokens (``tokens``; a config may decide per value:
+        attention with a spatial reduction needs the map)."""
+        return type(self).tokens
 
     def nested(self, ctx: Context) -> list[tuple[tuple[Any, ...], Component, Context]]:
         """The components inside this one, each with its place (field path) and the context it is built in, so the

@@ -25,11 +25,19 @@ class _ChildrenAsLeaves(torch.fx.Tracer):
         return True
 
 
-def unrolled(module: nn.Module) -> nn.Module:
-    """``module`` as a GraphModule of its own wiring (its children called as they are), for TorchScript."""
+def unrolled(module: nn.Module, arg_types: dict | None = None) -> nn.Module:
+    """``module`` as a GraphModule of its own wiring (its children called as they are), for TorchScript. An optional
+    argument the plan does not use (a map block's token-stream ``hw``) is left out of the signature; ``arg_types``
+    types the arguments TorchScript would take for tensors (a token block's ``hw``: ``Tuple[int, int]``)."""
     graph = _ChildrenAsLeaves().trace(module)
+    types = arg_types or {}
+    for node in list(graph.nodes):
+        if node.op == "placeholder" and node.target not in types and not node.users and node.args:  # unused, defaulted
+            graph.erase_node(node)
     for node in graph.nodes:  # annotations as FX writes them are not TorchScript types; TorchScript infers Tensor
-        node.type = None
+        node.type = types.get(node.target) if node.op == "placeholder" else None
+        if node.op == "placeholder" and node.target in types:
+            node.args = ()  # a typed argument is always given (a token stage passes its blocks hw)
     return torch.fx.GraphModule(module, graph, type(module).__name__)
 
 

@@ -11,7 +11,7 @@ from metablocks.model import Stage
 
 torchvision_fx = pytest.importorskip("torchvision.models.feature_extraction")
 
-FAST = ["convnext_atto", "swin_t", "mixer_s16_224", "resnet50"]  # the rest (every other recipe) is marked slow
+FAST = ["convnext_atto", "swin_t", "mixer_s16_224", "resnet50", "deit_tiny_patch16_224"]  # the rest (every other recipe) is marked slow
 NOT_TRACEABLE: dict[str, str] = {}  # recipe -> why it cannot be scripted/traced yet (none now)
 
 

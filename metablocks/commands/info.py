@@ -185,4 +185,5 @@ def _paper_line(recipe: Recipe) -> str | None:
     if not numbers:
         return None
     source = f" ({paper.title})" if paper.title else ""
-    return f"paper: {', '.join(numbers)} at {paper.resolution}x{paper.resolution}{source}"
+    h, w = paper.size
+    return f"paper: {', '.join(numbers)} at {h}x{w}{source}"

@@ -50,7 +50,7 @@ class Row:
     name: str
     params: int | None = None
     macs: int | None = None
-    resolution: int = 224
+    resolution: int | str = 224  # the side, or "HxW" for a non-square input
     paper_params_m: float | None = None
     paper_macs_g: float | None = None
     timm: str = "-"
@@ -109,15 +109,16 @@ def measure(name: str, *, with_timm: bool) -> Row:
     try:
         recipe = load_recipe(name)
         paper = recipe.paper
-        row.paper_params_m, row.paper_macs_g, row.resolution = paper.params_m, paper.macs_g, paper.resolution
-        if tuple(recipe.img_size) != (paper.resolution, paper.resolution):
-            recipe = load_recipe(name, [f"img_size={paper.resolution}"])
+        row.paper_params_m, row.paper_macs_g, row.resolution = paper.params_m, paper.macs_g, (
+            paper.resolution if isinstance(paper.resolution, int) else paper.size_text)
+        if tuple(recipe.img_size) != paper.size:
+            recipe = load_recipe(name, [f"img_size=[{paper.size[0]}, {paper.size[1]}]"])
         model = MetaModel(recipe).eval()
         row.counts, row.note = paper.counts, paper.note
         row.timm_params = count_params(model)  # timm holds the whole, trainable-form model
         counted = COUNTED[paper.counts](model)  # as the paper's table counted it (may fold the model in place)
         row.params = counted.params
-        row.macs = count_macs(counted.model, (recipe.in_chans, paper.resolution, paper.resolution)).total
+        row.macs = count_macs(counted.model, (recipe.in_chans, *paper.size)).total
     except Exception as err:  # a recipe that does not build is a row out of tolerance, not a crash
         row.problems.append(f"build failed: {type(err).__name__}: {str(err).splitlines()[0]}")
         return row

@@ -1,8 +1,9 @@
 """Data configs of the timm models the recipes mirror (``timm_name``): the default pretrained tag's preprocessing.
 
-Values read from timm 1.0.31 (``timm.models.get_pretrained_cfg(name)``); every entry there has 3x224x224 input,
-bicubic interpolation, a center crop and 1000 classes. ``model.pretrained_cfg`` is built from this table, so
-``timm.data.resolve_data_config({}, model=model)`` gives our model timm's evaluation transform.
+Values read from timm 1.0.31 (``timm.models.get_pretrained_cfg(name)``); every entry there has 3x224x224 input
+(ecaresnet26t, ecaresnet50t: 256, their recipes' img_size), bicubic interpolation, a center crop and 1000 classes.
+``model.pretrained_cfg`` is built from this table, so ``timm.data.resolve_data_config({}, model=model)`` gives our
+model timm's evaluation transform.
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ TIMM_DATA_CFGS: dict[str, tuple[str, float, str]] = {
     "convformer_m36": ("sail_in1k", 1.0, "imagenet"),
     "convformer_s18": ("sail_in1k", 1.0, "imagenet"),
     "convformer_s36": ("sail_in1k", 1.0, "imagenet"),
+    "convit_base": ("fb_in1k", 0.875, "imagenet"),
+    "convit_small": ("fb_in1k", 0.875, "imagenet"),
+    "convit_tiny": ("fb_in1k", 0.875, "imagenet"),
     "convnext_atto": ("d2_in1k", 0.875, "imagenet"),
     "convnext_base": ("fb_in22k_ft_in1k", 0.875, "imagenet"),
     "convnext_femto": ("d1_in1k", 0.875, "imagenet"),
@@ -29,12 +33,22 @@ TIMM_DATA_CFGS: dict[str, tuple[str, float, str]] = {
     "convnext_pico": ("d1_in1k", 0.875, "imagenet"),
     "convnext_small": ("in12k_ft_in1k", 0.95, "imagenet"),
     "convnext_tiny": ("in12k_ft_in1k", 0.95, "imagenet"),
+    "deit_small_distilled_patch16_224": ("fb_in1k", 0.9, "imagenet"),
+    "deit_tiny_patch16_224": ("fb_in1k", 0.9, "imagenet"),
+    "ecaresnet101d": ("miil_in1k", 0.875, "imagenet"),
+    "ecaresnet26t": ("ra2_in1k", 0.875, "imagenet"),
+    "ecaresnet50d": ("miil_in1k", 0.875, "imagenet"),
+    "ecaresnet50t": ("ra2_in1k", 0.875, "imagenet"),
+    "ecaresnetlight": ("miil_in1k", 0.875, "imagenet"),
     "fasternet_l": ("in1k", 1.0, "imagenet"),
     "fasternet_m": ("in1k", 1.0, "imagenet"),
     "fasternet_s": ("in1k", 1.0, "imagenet"),
     "fasternet_t0": ("in1k", 1.0, "imagenet"),
     "fasternet_t1": ("in1k", 1.0, "imagenet"),
     "fasternet_t2": ("in1k", 1.0, "imagenet"),
+    "ghostnetv2_100": ("in1k", 0.875, "imagenet"),
+    "ghostnetv2_130": ("in1k", 0.875, "imagenet"),
+    "ghostnetv2_160": ("in1k", 0.875, "imagenet"),
     "inception_next_atto": ("sail_in1k", 0.875, "imagenet"),
     "inception_next_base": ("sail_in1k", 0.95, "imagenet"),
     "inception_next_small": ("sail_in1k", 0.875, "imagenet"),
@@ -60,4 +74,6 @@ TIMM_DATA_CFGS: dict[str, tuple[str, float, str]] = {
     "swin_base_patch4_window7_224": ("ms_in22k_ft_in1k", 0.9, "imagenet"),
     "swin_small_patch4_window7_224": ("ms_in22k_ft_in1k", 0.9, "imagenet"),
     "swin_tiny_patch4_window7_224": ("ms_in1k", 0.9, "imagenet"),
+    "vit_base_patch16_224": ("augreg2_in21k_ft_in1k", 0.9, "inception"),
+    "vit_small_patch16_224": ("augreg_in21k_ft_in1k", 0.9, "inception"),
 }

@@ -92,12 +92,44 @@ def recipe_problems(parts: Parts, img_size: tuple[int, int] | None = None) -> li
             dim = stage.block_dim(0)
         if resolution is not None and min(resolution) < 1:
             break  # the downsample's own problem says why
+        problems += _token_problems(parts, stage, i, raw, dim, resolution)
         found, resolution, dim = stage_block_problems(stage, i, raw, dim, resolution)
         problems += found
+    carried = parts.stages[-1].prefix() if parts.stages and parts.stages[-1] is not None else ()
     if parts.head is not None and dim is not None:
-        problems += component_problems(parts.head, Context(dim, out_dim=parts.num_classes, resolution=resolution),
-                                       ("head",), raw)
+        ctx = Context(dim, out_dim=parts.num_classes, resolution=resolution, prefix=carried,
+                      layout="tokens" if carried else "channels_first")
+        if carried and not getattr(type(parts.head), "reads_tokens", False):
+            where, path = where_of(raw, ("head",))
+            problems.append(Problem(where.file if where else None, where.line if where else None, path or "head",
+                                    f"the last stage carries prefix tokens ({', '.join(dict.fromkeys(carried))}) to the "
+                                    f"head, but head {parts.head.type} pools a map and would ignore them: use "
+                                    f"head: {{type: token, reads: [{carried[0]}]}}"))
+        else:
+            problems += component_problems(parts.head, ctx, ("head",), raw)
     return list(dict.fromkeys(problems))
+
+
+def _token_problems(parts: Parts, stage: StageConfig, index: int, raw: Any, dim: int | None,
+                    resolution: tuple[int, int] | None) -> list[Problem]:
+    """A stage's prefix tokens must reach the head (they cannot cross a later stage yet); its position embedding is
+    checked where it is added."""
+    problems = []
+
+    def at(loc: tuple[Any, ...], message: str) -> Problem:
+        where, path = where_of(raw, loc)
+        return Problem(where.file if where else None, where.line if where else None,
+                       path or ".".join(map(str, loc)), message, where.path if where else None)
+
+    if stage.prefix() and index != len(parts.stages) - 1:
+        problems.append(at(("stages", index, "prefix_tokens"),
+                           f"stage {index} puts in prefix tokens, but stage {index + 1} follows: prefix tokens are "
+                           f"carried from the last stage to the head (put them in the last stage)"))
+    if stage.pos_embed is not None and dim is not None:
+        ctx = Context(dim, resolution=resolution, stage=index, prefix=stage.prefix(),
+                      layout="tokens" if stage.tokens else "channels_first")
+        problems += component_problems(stage.pos_embed, ctx, ("stages", index, "pos_embed"), raw)
+    return problems
 
 
 def _where_in_stage(stage: StageConfig, index: int, j: int) -> Any:
@@ -150,7 +182,9 @@ def stage_block_problems(stage: StageConfig, index: int, raw: Any, dim: int | No
         here = resolution if j == 0 else out_resolution
         if key not in checked:
             checked.add(key)
-            plan = plan_block(config, block_dim, in_dim=in_dim, stride=stride, resolution=here, stage=index, block=j)
+            tokens = dict(io_layout="tokens", prefix=stage.prefix()) if stage.tokens else {}
+            plan = plan_block(config, block_dim, in_dim=in_dim, stride=stride, resolution=here, stage=index, block=j,
+                              **tokens)
             if j == 0 and stage.downsample is None and in_dim != block_dim and plan.untransitioned:
                 where, path = where_of(raw, ("stages", index, "dim"))
                 problems.append(Problem(where.file if where else None, where.line if where else None,
@@ -160,7 +194,7 @@ def stage_block_problems(stage: StageConfig, index: int, raw: Any, dim: int | No
                 return problems, None, stage.out_dim
             problems += block_problems(config, block_dim, (), raw, in_dim=in_dim, stride=stride, resolution=here,
                                        stage=index, block=j, dim_at=("stages", index, "dim"),
-                                       where_loc=_where_in_stage(stage, index, j))
+                                       where_loc=_where_in_stage(stage, index, j), **tokens)
             out_resolution = plan.out_resolution
         elif j == 0:
             out_resolution = here

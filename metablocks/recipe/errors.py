@@ -174,7 +174,8 @@ def check_block(config: Any, ctx: Context, source: str = "<python>", *, in_dim: 
 
 def block_problems(config: Any, dim: int, loc: tuple[Any, ...], raw: Any, *, in_dim: int | None = None, stride: int = 1,
                    resolution: tuple[int, int] | None = None, stage: int | None = None, block: int | None = None,
-                   dim_at: tuple[Any, ...] | None = None, where_loc: Any = None) -> list[Problem]:
+                   dim_at: tuple[Any, ...] | None = None, where_loc: Any = None, io_layout: Any = None,
+                   prefix: tuple[str, ...] = ()) -> list[Problem]:
     """The problems of one block as it will be built (``metablocks.blocks.plan_block``): its structure (a transition
     nothing can carry, a missing shortcut, widths that do not add up) and every component's own check, placed at
     ``loc`` + the field inside the block. ``where_loc`` maps a field path inside the block to its place in ``raw``
@@ -183,7 +184,8 @@ def block_problems(config: Any, dim: int, loc: tuple[Any, ...], raw: Any, *, in_
     from metablocks.recipe.yaml_io import where_of
 
     place = where_loc or (lambda inner: loc + inner)
-    plan = plan_block(config, dim, in_dim=in_dim, stride=stride, resolution=resolution, stage=stage, block=block)
+    plan = plan_block(config, dim, in_dim=in_dim, stride=stride, resolution=resolution, stage=stage, block=block,
+                      io_layout=io_layout, prefix=prefix)
     problems = []
     for inner, message in plan.problems:
         where, path = where_of(raw, place(inner))

@@ -17,6 +17,7 @@ from pydantic import (BaseModel, ValidationError, BeforeValidator, ConfigDict, F
 from metablocks.blocks import NEW_BLOCK_FIELDS, BlockConfig
 from metablocks.fields import MAX_CLASSES, MAX_IMG_SIZE, Probability, Stride, Width, Widths
 from metablocks.registry import Component, Ref, did_you_mean
+from metablocks.tokens import PrefixTokensConfig
 
 
 def _as_list(value: Any) -> Any:
@@ -55,12 +56,23 @@ class Paper(BaseModel):
     params_m: float | None = None  # millions of parameters, as in the paper's table
     macs_g: float | None = None  # GMACs at ``resolution``, as in the paper's table
     top1: float | None = None  # ImageNet-1k top-1 (%)
-    resolution: int = 224
+    resolution: int | tuple[ImgSide, ImgSide] = 224  # the table's input side, or (H, W) for a non-square input (re-ID)
     # what the paper's params/MACs count: the whole model ("all"), trainable parameters only ("trainable": RandFormer's
     # table lists its frozen matrices apart), the re-parameterized inference model ("deployed": RepLKNet,
     # UniRepLKNet), or the model without its classifier ("backbone": MLP-Mixer's Table 1)
     counts: Literal["all", "trainable", "deployed", "backbone"] = "all"
     note: str | None = None  # a known, explained difference between the paper's table and the official code
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The table's input as (H, W)."""
+        return (self.resolution, self.resolution) if isinstance(self.resolution, int) else tuple(self.resolution)
+
+    @property
+    def size_text(self) -> str:
+        """``224`` for a square input, ``256x128`` otherwise (how the zoo table and ``info`` print it)."""
+        h, w = self.size
+        return str(h) if h == w else f"{h}x{w}"
 
 
 class BlockTemplate(BlockConfig):
@@ -79,7 +91,8 @@ def _template(value: BlockConfig) -> dict[str, Any]:
 Template = Annotated[BlockTemplate, PlainSerializer(_template)]
 """A named block template: the block fields it sets override the stage's for the blocks that use it."""
 TemplateName = Annotated[str, Strict(), StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=40)]
-NEW_STAGE_FIELDS: dict[str, Any] = {"stride": 1, "pattern": None, "blocks": {}, "drop_path_rate": None}
+NEW_STAGE_FIELDS: dict[str, Any] = {"stride": 1, "pattern": None, "blocks": {}, "drop_path_rate": None,
+                                    "prefix_tokens": None, "pos_embed": None}
 """Stage fields added after recipes were published: left out of dumps at their default, so model_ids stay."""
 
 
@@ -95,6 +108,19 @@ class StageConfig(BlockConfig):
     blocks: dict[TemplateName, Template] = Field(default_factory=dict, max_length=64)  # named block templates
     pattern: Cycle[TemplateName] | None = None  # the templates the blocks cycle through (Next-ViT: [ncb]*4 + [ntb])
     drop_path_rate: Probability | None = None  # this stage's own drop-path schedule: linspace(0, rate, depth)
+    # tokens put before the map's at the stage's start (ViT's cls, DeiT's dist, registers): the stage runs on a token
+    # stream (B, P + H*W, C) and carries them to the head (metablocks/tokens.py)
+    prefix_tokens: PrefixTokensConfig | None = None
+    pos_embed: Annotated[Component, Ref("pos_embed")] | None = None  # added after the prefix tokens are put in
+
+    @property
+    def tokens(self) -> bool:
+        """Do the blocks run on a token stream (prefix tokens, or ``layout: tokens``)?"""
+        return self.layout == "tokens" or bool(self.prefix())
+
+    def prefix(self) -> tuple[str, ...]:
+        """The prefix tokens this stage puts in, in stream order."""
+        return self.prefix_tokens.names() if self.prefix_tokens is not None else ()
 
     @model_validator(mode="after")
     def _pattern_names_templates(self) -> StageConfig:

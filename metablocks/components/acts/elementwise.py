@@ -15,6 +15,8 @@ from metablocks.registry import Component, Context, register
 class Activation(Component):
     """An elementwise activation; built without a channel count."""
 
+    tokens = "apply"  # elementwise: the same on prefix tokens as on the map's
+
     def build(self, ctx: Context | None = None, *, inplace: bool = False) -> nn.Module:
         """``inplace``: the caller knows its input is a fresh tensor nobody else reads and autograd did not save
         (a conv, norm or residual-sum output): activations that can (ReLU, SiLU) then overwrite it, saving an

@@ -11,6 +11,7 @@ from metablocks.registry import Component, Context, Ref, register
 
 
 class MlpConfig(Component):
+    tokens = "apply"  # per token (Linear layers): prefix tokens go through it as the map's do
     ratio: Ratio = 4.0
     act: Annotated[Component, Ref("act")] = "gelu"
     bias: bool = True

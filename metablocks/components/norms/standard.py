@@ -10,6 +10,7 @@ from metablocks.registry import Component, Context, register
 
 class LayerNormConfig(Component):
     takes_vector = True
+    tokens = "apply"  # per token: prefix tokens are normalized as the map's (ViT's norm1/norm2 on the class token)
     bias: bool = True
     eps: Eps = 1e-6
 

@@ -43,11 +43,16 @@ class AttentionConfig(MultiHeadConfig):
             errors.append(f"sr_ratio={self.sr_ratio} exceeds the {ctx.resolution[0]}x{ctx.resolution[1]} map")
         return errors
 
+    def token_mode(self) -> str:
+        """Over a token stream it attends over the prefix tokens with the map's (ViT); with a spatial reduction of
+        keys and values (a conv of the map) it runs on the map alone and the prefix passes it."""
+        return "attend" if self.sr_ratio == 1 else "passthrough"
+
     def build(self, ctx: Context) -> nn.Module:
         num_heads, head_dim = self.heads(ctx.dim)
         return Attention(ctx.dim, num_heads=num_heads, head_dim=head_dim, qkv_bias=self.qkv_bias,
                          proj_bias=self.proj_bias, attn_drop=self.attn_drop, proj_drop=self.proj_drop,
-                         sr_ratio=self.sr_ratio)
+                         sr_ratio=self.sr_ratio, tokens=ctx.layout == "tokens")
 
 
 @register("token_mixer", "attention", config=AttentionConfig)
@@ -55,9 +60,10 @@ class Attention(nn.Module):
     """softmax(QK^T / sqrt(d)) V over all H*W tokens through scaled_dot_product_attention (Vaswani et al. 2017)."""
 
     def __init__(self, dim: int, *, num_heads: int, head_dim: int, qkv_bias: bool = False, proj_bias: bool = False,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, sr_ratio: int = 1) -> None:
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, sr_ratio: int = 1, tokens: bool = False) -> None:
         super().__init__()
         self.num_heads, self.attn_drop, self.sr_ratio = num_heads, attn_drop, sr_ratio
+        self.tokens = tokens  # takes a token stream (B, N, C) as it is, instead of a (B, H, W, C) map
         inner = num_heads * head_dim
         if sr_ratio == 1:
             self.qkv = nn.Linear(dim, inner * 3, bias=qkv_bias)
@@ -69,9 +75,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
+    def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C), or a token stream (B, N, C)
         # reshape/permute rather than einops: TorchScript and torch.fx take these (the same views einops makes)
-        tokens = x.flatten(1, 2)  # (B, N, C)
+        tokens = x if self.tokens else x.flatten(1, 2)  # (B, N, C)
         if hasattr(self, "qkv"):  # sr_ratio 1 (hasattr: TorchScript compiles only the branch this module has)
             q, k, v = _split_heads(self.qkv(tokens), 3, self.num_heads).unbind(0)  # 3 x (B, heads, N, d)
         else:
@@ -81,7 +87,7 @@ class Attention(nn.Module):
             k, v = _split_heads(self.kv(reduced), 2, self.num_heads).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)  # (B, heads, N, d)
         out = self.proj_drop(self.proj(out.permute(0, 2, 1, 3).flatten(2)))  # (B, N, C)
-        return out.unflatten(1, (x.shape[1], x.shape[2]))  # (B, H, W, C)
+        return out if self.tokens else out.unflatten(1, (x.shape[1], x.shape[2]))  # (B, H, W, C)
 
 
 def _split_heads(x: Tensor, parts: int, num_heads: int) -> Tensor:
