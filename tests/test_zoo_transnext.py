@@ -13,6 +13,7 @@ CPB tables equal cpb_table bit for bit (56/28/14/7 maps against 7x7 keys, 96 at 
 The attention's pieces are checked by hand on tiny grids, the whole aggregated attention against a slow per-pixel
 reference of the paper's equations.
 """
+import functools
 import json
 import math
 import os
@@ -219,18 +220,25 @@ SIZES = {  # recipe: (dims, depths, heads, parameters of the official model, REA
 SLOW = [pytest.param(name, marks=pytest.mark.slow) for name in ("transnext_tiny", "transnext_small", "transnext_base")]
 
 
+@functools.cache
+def recipe_of(name: str):
+    """Each recipe loaded once (a load measures the recipe's size on the meta device: seconds for these)."""
+    return load_recipe(name)
+
+
 def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
 @pytest.fixture(scope="module")
 def micro():
-    return metablocks.create_model("transnext_micro").eval()
+    return metablocks.build_model(recipe_of("transnext_micro")).eval()
 
 
 @pytest.fixture(scope="module")
 def micro_64():
-    return metablocks.create_model("transnext_micro", img_size=64).eval()
+    """A shallower micro at 64: 16x16, 8x8, 4x4, 2x2 maps, pools of 2x2, 2x2, 2x2."""
+    return metablocks.create_model("transnext_micro", img_size=64, overrides={"stages[2].depth": 2}).eval()
 
 
 def _model(name: str, micro):
@@ -239,7 +247,7 @@ def _model(name: str, micro):
 
 def test_recipes_record_the_readme() -> None:
     for name, (dims, depths, heads, _, paper) in SIZES.items():
-        recipe = load_recipe(name)
+        recipe = recipe_of(name)
         assert (recipe.paper.params_m, recipe.paper.macs_g, recipe.paper.top1) == paper
         assert [s.depth for s in recipe.stages] == depths and [s.dim for s in recipe.stages] == dims
         mixers = [s.token_mixer[0] for s in recipe.stages]
@@ -250,11 +258,12 @@ def test_recipes_record_the_readme() -> None:
         assert recipe.timm_name is None  # timm does not implement TransNeXt
 
 
+@pytest.mark.slow  # four recipe loads (each measured on the meta device)
 def test_384_recipes_keep_the_224_coordinate_scale() -> None:
     """The official 384 fine-tunes: TransNeXt(img_size=384, pretrain_size=224); every stage pools to 12x12 keys and
     scales its CPB coordinates by the 224 maps (56, 28, 14, 7). README: S 32.1G 86.0, B 56.3G 86.2."""
     for name, paper in (("transnext_small_384", (49.7, 32.1, 86.0)), ("transnext_base_384", (89.7, 56.3, 86.2))):
-        recipe, base = load_recipe(name), load_recipe(name.removesuffix("_384"))
+        recipe, base = recipe_of(name), recipe_of(name.removesuffix("_384"))
         assert recipe.img_size == (384, 384) and recipe.paper.resolution == 384
         assert (recipe.paper.params_m, recipe.paper.macs_g, recipe.paper.top1) == paper
         assert [s.token_mixer[0].cpb_pretrain_size for s in recipe.stages] == [56, 28, 14, 7]
@@ -308,7 +317,7 @@ def test_converter_is_registered_and_renames_by_hand() -> None:
 def test_norms_as_the_official_code() -> None:
     """LayerNorm eps 1e-6 (norm_layer) in the blocks, the stage-end norms and the head; 1e-5 (nn.LayerNorm's default)
     in the patch embeddings and the pooled keys' norm."""
-    recipe = load_recipe("transnext_micro")
+    recipe = recipe_of("transnext_micro")
     assert recipe.stem.norm.eps == 1e-5 and recipe.stages[1].downsample.post_norm.eps == 1e-5
     assert recipe.stages[1].downsample.norm.eps == 1e-6 and recipe.stages[1].downsample.norm_first
     assert recipe.stages[0].norm.eps == 1e-6 and recipe.head.norm.eps == 1e-6 and recipe.head.norm_first
@@ -316,15 +325,17 @@ def test_norms_as_the_official_code() -> None:
 
 
 def test_forward_backward_at_a_small_size(micro_64) -> None:
-    """Every parameter gets a gradient (a shallower micro at 64: 16x16, 8x8, 4x4, 2x2 maps, pools of 2x2, 2x2, 2x2)."""
-    model = metablocks.create_model("transnext_micro", img_size=64, num_classes=10,
-                                    overrides={"stages[2].depth": 2}).train()
-    out = model(torch.randn(2, 3, 64, 64))
-    assert out.shape == (2, 10)
-    out.square().mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert missing == []
-    assert micro_64(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    """Every parameter gets a gradient."""
+    model = micro_64.train()
+    try:
+        out = model(torch.randn(2, 3, 64, 64))
+        assert out.shape == (2, 1000)
+        out.square().mean().backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert missing == []
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
 
 
 @pytest.mark.slow
