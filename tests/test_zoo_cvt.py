@@ -1,11 +1,11 @@
-"""CvT-13 / CvT-21 (official code: microsoft/CvT lib/models/cls_cvt.py; timm has no CvT).
+"""CvT-13 / CvT-21 at 224 and 384, CvT-W24 at 384 (official code: microsoft/CvT lib/models/cls_cvt.py; timm has no CvT).
 
 The official code is not available here, so what was measured against it is held as data: the parameter counts of
 the official models and the key/shape manifest of their state_dicts (tests/data/cvt_official_keys.json, written once
 from the official code), which must load strictly through ``convert_official``. Outside the repository the official
 models' logits were compared with ours at 224 and 256x192 (the official random init with its 1-D parameters, BN
 statistics and class token perturbed and its classifier scaled x20, loaded into ours through the converter): max abs
-diff CvT-13 1.5e-5, CvT-21 1.7e-5 (logits up to 28). The convolutional projection is checked by hand on tiny maps.
+diff CvT-13 1.5e-5, CvT-21 1.7e-5 (logits up to 28); at 384 CvT-13 1.2e-5, CvT-W24 4.0e-5 (logits up to 44). The convolutional projection is checked by hand on tiny maps.
 """
 import json
 import math
@@ -23,11 +23,15 @@ from metablocks.recipe.loader import load_recipe
 from metablocks.registry import Context
 
 MANIFEST = json.loads((Path(__file__).parent / "data" / "cvt_official_keys.json").read_text())["models"]
-SIZES = {  # recipe: (depths, parameters of the official model, README (params_m, macs_g, top1))
-    "cvt_13": ([1, 2, 10], 19_997_480, (20, 4.5, 81.6)),
-    "cvt_21": ([1, 4, 16], 31_622_696, (32, 7.1, 82.5)),
+SIZES = {  # recipe: (dims, depths, parameters of the official model, README (params_m, macs_g, top1))
+    "cvt_13": ([64, 192, 384], [1, 2, 10], 19_997_480, (20, 4.5, 81.6)),
+    "cvt_21": ([64, 192, 384], [1, 4, 16], 31_622_696, (32, 7.1, 82.5)),
+    "cvt_13_384": ([64, 192, 384], [1, 2, 10], 19_997_480, (20, 16.3, 83.0)),
+    "cvt_21_384": ([64, 192, 384], [1, 4, 16], 31_622_696, (32, 24.9, 83.3)),
+    "cvt_w24_384": ([192, 768, 1024], [2, 2, 20], 277_196_392, (277, 193.2, 87.6)),  # ImageNet-22k pre-trained
 }
-SLOW = [pytest.param("cvt_21", marks=pytest.mark.slow)]
+OFFICIAL = {"cvt_13_384": "cvt_13", "cvt_21_384": "cvt_21"}  # the manifest's model (the same at 384)
+SLOW = [pytest.param(n, marks=pytest.mark.slow) for n in ("cvt_21", "cvt_w24_384")]
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -153,21 +157,23 @@ def test_checks_are_located_recipe_errors() -> None:
 
 
 def test_recipes_record_the_readme() -> None:
-    for name, (depths, _, paper) in SIZES.items():
+    for name, (dims, depths, _, paper) in SIZES.items():
         recipe = load_recipe(name)
         assert (recipe.paper.params_m, recipe.paper.macs_g, recipe.paper.top1) == paper
-        assert [s.depth for s in recipe.stages] == depths and [s.dim for s in recipe.stages] == [64, 192, 384]
-        assert [s.token_mixer[0].num_heads for s in recipe.stages] == [1, 3, 6]
+        assert recipe.img_size == (recipe.paper.resolution,) * 2 == ((384, 384) if "384" in name else (224, 224))
+        assert [s.depth for s in recipe.stages] == depths and [s.dim for s in recipe.stages] == dims
+        assert [s.token_mixer[0].num_heads for s in recipe.stages] == [d // 64 for d in dims]
         assert [s.prefix() for s in recipe.stages] == [(), (), ("cls",)]  # CLS_TOKEN [False, False, True]
-        assert [s.drop_path_rate for s in recipe.stages] == [0.0, 0.0, 0.1]
+        assert [s.drop_path_rate for s in recipe.stages] == [0.0, 0.0, 0.3 if "w24" in name else 0.1]
         assert recipe.timm_name is None  # timm does not implement CvT
 
 
-@pytest.mark.parametrize("name", ["cvt_13", *SLOW])
-def test_params_equal_the_official_models(name: str, cvt_13) -> None:
-    model = _model(name, cvt_13)
-    assert n_params(model) == MANIFEST[name]["params"] == SIZES[name][1]
-    assert round(SIZES[name][1] / 1e6) == SIZES[name][2][0]  # the README's 20M, 32M
+@pytest.mark.parametrize("name", list(SIZES))
+def test_params_equal_the_official_models(name: str) -> None:
+    with torch.device("meta"):
+        model = metablocks.build_model(name)
+    assert n_params(model) == MANIFEST[OFFICIAL.get(name, name)]["params"] == SIZES[name][2]
+    assert round(SIZES[name][2] / 1e6) == SIZES[name][3][0]  # the README's 20M, 32M, 277M
 
 
 @pytest.mark.parametrize("name", ["cvt_13", *SLOW])
@@ -239,14 +245,17 @@ def test_map_stages_equal_token_stages_without_prefix() -> None:
         assert torch.allclose(a(x), b(x), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["cvt_13", *SLOW])
+@pytest.mark.parametrize("name", ["cvt_13", *SLOW, *[pytest.param(n, marks=pytest.mark.slow)
+                                                     for n in ("cvt_13_384", "cvt_21_384")]])
 def test_macs_match_the_readme(name: str, cvt_13) -> None:
-    """Our counter gives the official model 4.585 / 7.206 GMACs (measured outside the repository); README 4.5 / 7.1."""
+    """Our counter gives the official model 4.585 / 7.206 GMACs at 224 (measured outside the repository: the same
+    count as ours); README 4.5 / 7.1, and at 384 16.3 / 24.9 / 193.2 (ours 16.32 / 24.93 / 194.49)."""
     from metablocks.analysis import count_macs
 
-    gmacs = count_macs(_model(name, cvt_13)).total / 1e9
-    official = {"cvt_13": 4.5846, "cvt_21": 7.2063}[name]
-    assert abs(gmacs - official) < 0.001 and abs(gmacs - SIZES[name][2][1]) / SIZES[name][2][1] < 0.02
+    model = _model(name, cvt_13)
+    gmacs = count_macs(model, (3, *model.recipe.img_size)).total / 1e9
+    ours = {"cvt_13": 4.5846, "cvt_21": 7.2063, "cvt_13_384": 16.32, "cvt_21_384": 24.93, "cvt_w24_384": 194.49}[name]
+    assert abs(gmacs - ours) < 0.006 and abs(gmacs - SIZES[name][3][1]) / SIZES[name][3][1] < 0.02
 
 
 def test_forward_backward_at_another_resolution() -> None:
