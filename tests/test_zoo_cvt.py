@@ -15,7 +15,9 @@ import pytest
 import torch
 
 import metablocks
-from metablocks.components.token_mixers.conv_proj_attention import ConvProjAttentionConfig
+from metablocks.components.token_mixers.conv_proj_attention import (
+    ConvProjAttentionConfig,
+)
 from metablocks.interop.official import OfficialWeightsError, convert_official
 from metablocks.interop.official.cvt import convert_cvt
 from metablocks.recipe.errors import RecipeError

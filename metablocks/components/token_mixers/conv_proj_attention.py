@@ -10,7 +10,7 @@ official code scales the logits by 1/sqrt(dim) of all heads together (``scale: d
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, Tuple
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +84,7 @@ class ConvProjAttention(nn.Module):
         self.proj = nn.Linear(inner, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, hw: Optional[Tuple[int, int]] = None) -> Tensor:
+    def forward(self, x: Tensor, hw: tuple[int, int] | None = None) -> Tensor:
         if self.tokens:  # (B, P + H*W, C): the prefix tokens split off, the map tokens as a map
             if hw is None:
                 raise ValueError("conv_proj_attention on a token stream needs its map's size: call it as "
