@@ -12,10 +12,12 @@ from metablocks.blocks import Block
 from helpers import small_model  # noqa: E402
 
 
-def block_inputs(model: torch.nn.Module, size: int) -> list[tuple[Block, torch.Tensor]]:
-    """The first block of every stage that has blocks, with its real input (captured by a hook on an eager forward)."""
-    found: list[tuple[Block, torch.Tensor]] = []
-    hooks = [stage.blocks[0].register_forward_pre_hook(lambda m, args: found.append((m, args[0].detach().clone())))
+def block_inputs(model: torch.nn.Module, size: int) -> list[tuple[Block, tuple]]:
+    """The first block of every stage that has blocks, with its real arguments (captured by a hook on an eager
+    forward): the map, or a token stream and its map's (H, W)."""
+    found: list[tuple[Block, tuple]] = []
+    hooks = [stage.blocks[0].register_forward_pre_hook(lambda m, args: found.append((m, (args[0].detach().clone(),
+                                                                                     *args[1:]))))
              for stage in model.stages if len(stage.blocks)]  # a stage of depth 0 (LSNet-T's first) has none
     with torch.no_grad():
         model(torch.randn(1, 3, size, size))
@@ -24,16 +26,16 @@ def block_inputs(model: torch.nn.Module, size: int) -> list[tuple[Block, torch.T
     return found
 
 
-def graph_breaks(module: torch.nn.Module, x: torch.Tensor) -> list[str]:
+def graph_breaks(module: torch.nn.Module, *args) -> list[str]:
     torch._dynamo.reset()
-    explanation = torch._dynamo.explain(module)(x)
+    explanation = torch._dynamo.explain(module)(*args)
     return [str(reason.reason) for reason in explanation.break_reasons]
 
 
 def check_compiled(name: str, backend: str) -> None:
     model, size = small_model(name)
-    for block, x in block_inputs(model, size):
-        assert graph_breaks(block, x) == [], f"{name}: graph break in {type(block.token_mixer).__name__} block"
+    for block, args in block_inputs(model, size):
+        assert graph_breaks(block, *args) == [], f"{name}: graph break in {type(block.token_mixer).__name__} block"
     x = torch.randn(2, 3, size, size)
     torch._dynamo.reset()
     compiled = torch.compile(model, backend=backend, fullgraph=True)
