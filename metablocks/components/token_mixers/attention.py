@@ -24,6 +24,15 @@ class MultiHeadConfig(Component):
         head_dim = self.head_dim or 32
         return max(dim // head_dim, 1), head_dim
 
+    def head_problems(self, dim: int) -> list[str]:
+        """``dim`` split into the heads asked for: num_heads must divide it, and so must head_dim (when it is smaller)."""
+        errors = []
+        if self.num_heads and not self.head_dim and dim % self.num_heads:
+            errors.append(f"dim={dim} is not divisible by num_heads={self.num_heads}")
+        if not self.num_heads and dim % (self.head_dim or 32) and dim > (self.head_dim or 32):
+            errors.append(f"dim={dim} is not divisible by head_dim={self.head_dim or 32}")
+        return errors
+
 
 class AttentionConfig(MultiHeadConfig):
     layout = "channels_last"
@@ -34,11 +43,7 @@ class AttentionConfig(MultiHeadConfig):
     sr_ratio: Stride = 1  # >1: keys/values from a sr_ratio-strided conv of the map, then LayerNorm
 
     def check(self, ctx: Context) -> list[str]:
-        errors = []
-        if self.num_heads and not self.head_dim and ctx.dim % self.num_heads:
-            errors.append(f"dim={ctx.dim} is not divisible by num_heads={self.num_heads}")
-        if not self.num_heads and ctx.dim % (self.head_dim or 32) and ctx.dim > (self.head_dim or 32):
-            errors.append(f"dim={ctx.dim} is not divisible by head_dim={self.head_dim or 32}")
+        errors = self.head_problems(ctx.dim)
         if self.sr_ratio > 1 and ctx.resolution and min(ctx.resolution) < self.sr_ratio:
             errors.append(f"sr_ratio={self.sr_ratio} exceeds the {ctx.resolution[0]}x{ctx.resolution[1]} map")
         return errors

@@ -33,11 +33,7 @@ class ConvProjAttentionConfig(MultiHeadConfig):
     proj_drop: Probability = 0.0
 
     def check(self, ctx: Context) -> list[str]:
-        errors = []
-        if self.num_heads and not self.head_dim and ctx.dim % self.num_heads:
-            errors.append(f"dim={ctx.dim} is not divisible by num_heads={self.num_heads}")
-        if not self.num_heads and ctx.dim % (self.head_dim or 32) and ctx.dim > (self.head_dim or 32):
-            errors.append(f"dim={ctx.dim} is not divisible by head_dim={self.head_dim or 32}")
+        errors = self.head_problems(ctx.dim)
         if self.kernel_size % 2 == 0:
             errors.append(f"kernel_size={self.kernel_size} must be odd: the query conv keeps the map's size "
                           f"(padding kernel_size // 2), so that every token gets its query")

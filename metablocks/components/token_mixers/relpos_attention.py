@@ -38,11 +38,7 @@ class RelPosAttentionConfig(MultiHeadConfig):
     proj_drop: Probability = 0.0
 
     def check(self, ctx: Context) -> list[str]:
-        errors = []
-        if self.num_heads and not self.head_dim and ctx.dim % self.num_heads:
-            errors.append(f"dim={ctx.dim} is not divisible by num_heads={self.num_heads}")
-        if not self.num_heads and ctx.dim % (self.head_dim or 32) and ctx.dim > (self.head_dim or 32):
-            errors.append(f"dim={ctx.dim} is not divisible by head_dim={self.head_dim or 32}")
+        errors = self.head_problems(ctx.dim)
         if self.window_size is not None and ctx.resolution is not None and (
                 ctx.resolution[0] % self.window_size[0] or ctx.resolution[1] % self.window_size[1]):
             errors.append(f"the {ctx.resolution[0]}x{ctx.resolution[1]} map does not split into "
