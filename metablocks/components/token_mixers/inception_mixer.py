@@ -62,14 +62,15 @@ class InceptionMixer(nn.Module):
 
     def attend(self, x: Tensor) -> Tensor:
         """Y_l = Upsample(MSA(AvgPool(X_l))) on a (B, C_l, H, W) map."""
-        b, c, h, w = x.shape
+        b, c = x.shape[:2]
         if self.pool_size > 1:
             x = F.avg_pool2d(x, self.pool_size)
         hp, wp = x.shape[2], x.shape[3]
-        q, k, v = self.qkv(x.flatten(2).transpose(1, 2)).reshape(b, hp * wp, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x.flatten(2).transpose(1, 2)).reshape(b, hp * wp, 3, self.heads, -1)  # (B, N, 3, heads, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
         y = y.transpose(2, 3).reshape(b, c, hp, wp)
-        return F.interpolate(y, scale_factor=self.pool_size, mode="nearest") if self.pool_size > 1 else y
+        return F.interpolate(y, scale_factor=float(self.pool_size), mode="nearest") if self.pool_size > 1 else y
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
         x_conv, x_pool, x_low = x[:, : self.half], x[:, self.half: self.high], x[:, self.high:]
