@@ -47,7 +47,7 @@ class InceptionMixerConfig(Component):
 class InceptionMixer(nn.Module):
     """[X_c, X_p, X_l] = split(x) (C_h/2, C_h/2, C_l channels); Y_c = GELU(DwConv3(FC(X_c))),
     Y_p = GELU(FC(MaxPool3(X_p))), Y_l = Upsample(MSA(AvgPool(X_l))); Y = cat(Y_c, Y_p, Y_l);
-    out = FC(Y + DwConv3(Y)) (Si et al. 2022, Eq. 3-7; as the official code, each high branch doubles its width)."""
+    out = FC(Y + DwConv3(Y)) (Si et al. 2022; as the official code, each high branch doubles its width)."""
 
     def __init__(self, dim: int, *, high: int, heads: int, pool_size: int = 2, qkv_bias: bool = True) -> None:
         super().__init__()
