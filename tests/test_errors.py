@@ -37,7 +37,7 @@ def test_base_is_valid(tmp_path: Path) -> None:
 def test_unknown_component_suggests_the_close_name(tmp_path: Path) -> None:
     msg = error_of(BASE.replace("token_mixer: pooling", "token_mixer: poolng"), tmp_path)
     assert "r.yaml:7: stages[0].token_mixer: unknown token_mixer 'poolng' (did you mean 'pooling'?)" in msg
-    assert "allowed: attention, " in msg and "(set at block.token_mixer)" in msg
+    assert "allowed: aggregated_attention, attention, " in msg and "(set at block.token_mixer)" in msg
     assert msg.count("poolng") == 1  # written once in block:, reported once, not once per stage
 
 

@@ -65,7 +65,7 @@ def test_unknown_type_hints_at_plugins(tmp_path: Path, capsys: pytest.CaptureFix
     _, recipe = make_plugin(tmp_path, "never_loaded_roll")
     assert main(["validate", str(recipe)]) == 2
     out = capsys.readouterr().out
-    assert f"{recipe}:2: stages[3].token_mixer: unknown token_mixer 'never_loaded_roll'; allowed: attention," in out
+    assert f"{recipe}:2: stages[3].token_mixer: unknown token_mixer 'never_loaded_roll'; allowed: aggregated_attention, attention," in out
     assert out.rstrip().endswith("window_attention (a component of your own is known once its file is loaded: --plugin "
                                  "my_mixers.py (any metablocks command) or METABLOCKS_PLUGINS=my_mixers.py) "
                                  "(set at stage_defaults[3].token_mixer)")

@@ -33,11 +33,11 @@ from metablocks.registry import Component, Context, Ref, register
 def complex_scale(feat: Tensor, weight: Tensor) -> Tensor:
     """(B, 2n, H, W) channels (2k, 2k+1) = (real, imaginary) parts times ``weight`` (n, 2) = (real, imaginary) c_k."""
     b, channels, h, w = feat.shape
-    re, im = feat.float().view(b, channels // 2, 2, h, w).unbind(2)  # einops' "b (n two) h w -> two b n h w", views
+    re, im = feat.float().reshape(b, channels // 2, 2, h, w).unbind(2)  # einops' "b (n two) h w -> two b n h w", views
     weight = weight.float()
     a, c = weight[:, 0, None, None], weight[:, 1, None, None]  # (n, 1, 1) each
     real, imag = torch.addcmul(a * re, c, im, value=-1.0), torch.addcmul(a * im, c, re)  # ap - bq, aq + bp
-    return torch.stack([real, imag], dim=2).view(b, channels, h, w)  # "two b n h w -> b (n two) h w"
+    return torch.stack([real, imag], dim=2).reshape(b, channels, h, w)  # "two b n h w -> b (n two) h w"
 
 
 def argmax_gather(x: Tensor, maps: list[Tensor]) -> list[Tensor]:

@@ -37,7 +37,7 @@ class AggregatedAttentionConfig(MultiHeadConfig):
 
     def check(self, ctx: Context) -> list[str]:
         errors = []
-        num_heads, head_dim = self.heads(ctx.dim)
+        num_heads, head_dim = self.exact_heads(ctx.dim)
         if num_heads * head_dim != ctx.dim:
             errors.append(f"dim={ctx.dim} is not num_heads={num_heads} x head_dim={head_dim}")
         if self.window_size % 2 == 0:
@@ -51,7 +51,7 @@ class AggregatedAttentionConfig(MultiHeadConfig):
 
     def build(self, ctx: Context) -> nn.Module:
         assert ctx.resolution is not None, "aggregated_attention needs the map's resolution"
-        num_heads, _ = self.heads(ctx.dim)
+        num_heads, _ = self.exact_heads(ctx.dim)
         return AggregatedAttention(ctx.dim, resolution=ctx.resolution, num_heads=num_heads,
                                    window_size=self.window_size, sr_ratio=self.sr_ratio, qkv_bias=self.qkv_bias,
                                    cpb_hidden=self.cpb_hidden, cpb_pretrain_size=self.cpb_pretrain_size,

@@ -24,6 +24,16 @@ class MultiHeadConfig(Component):
         head_dim = self.head_dim or 32
         return max(dim // head_dim, 1), head_dim
 
+    def exact_heads(self, dim: int) -> tuple[int, int]:
+        """(num_heads, head_dim) that split ``dim`` exactly, for mixers whose heads partition the channels: as
+        ``heads``, except that with neither given the head count is the one nearest dim / 32 that divides dim."""
+        if self.num_heads or self.head_dim:
+            return self.heads(dim)
+        count = max(dim // 32, 1)
+        while dim % count:
+            count -= 1
+        return count, dim // count
+
     def head_problems(self, dim: int) -> list[str]:
         """``dim`` split into the heads asked for: num_heads must divide it, and so must head_dim (when it is smaller)."""
         errors = []

@@ -33,14 +33,14 @@ class CpbAttentionConfig(MultiHeadConfig):
     proj_drop: Probability = 0.0
 
     def check(self, ctx: Context) -> list[str]:
-        num_heads, head_dim = self.heads(ctx.dim)
+        num_heads, head_dim = self.exact_heads(ctx.dim)
         errors = [] if num_heads * head_dim == ctx.dim else [
             f"dim={ctx.dim} is not num_heads={num_heads} x head_dim={head_dim}"]
         return errors + grid_problems(ctx.resolution, self.cpb_pretrain_size, "cpb_attention")
 
     def build(self, ctx: Context) -> nn.Module:
         assert ctx.resolution is not None, "cpb_attention needs the map's resolution"
-        num_heads, _ = self.heads(ctx.dim)
+        num_heads, _ = self.exact_heads(ctx.dim)
         return CpbAttention(ctx.dim, resolution=ctx.resolution, num_heads=num_heads, qkv_bias=self.qkv_bias,
                             cpb_hidden=self.cpb_hidden, cpb_pretrain_size=self.cpb_pretrain_size,
                             attn_drop=self.attn_drop, proj_drop=self.proj_drop)

@@ -23,13 +23,13 @@ class GpsaConfig(MultiHeadConfig):
     locality_strength: Scale = 1.0  # the sharpness of the local init of the positional attention (alpha)
 
     def check(self, ctx: Context) -> list[str]:
-        num_heads, head_dim = self.heads(ctx.dim)
+        num_heads, head_dim = self.exact_heads(ctx.dim)
         if num_heads * head_dim != ctx.dim:
             return [f"gpsa splits dim={ctx.dim} into its heads: {num_heads} heads of {head_dim} do not make it"]
         return []
 
     def build(self, ctx: Context) -> nn.Module:
-        num_heads, _ = self.heads(ctx.dim)
+        num_heads, _ = self.exact_heads(ctx.dim)
         return GatedPositionalAttention(ctx.dim, num_heads=num_heads, qkv_bias=self.qkv_bias, attn_drop=self.attn_drop,
                                         proj_drop=self.proj_drop, locality_strength=self.locality_strength,
                                         resolution=ctx.resolution)
