@@ -17,12 +17,6 @@ if TYPE_CHECKING:  # the model imports this module; this one needs the model's t
     from metablocks.model import MetaModel, Stage
 
 
-def stage_block_outputs(stage: Stage, x: Tensor) -> Iterator[Tensor]:
-    """The (B, C, H, W) output of each block of ``stage`` in turn (the feature levels of an isotropic model)."""
-    for _, feature in stage_levels(stage, x, per_block=True):
-        yield feature
-
-
 def stage_levels(stage: Stage, x: Tensor, *, per_block: bool) -> Iterator[tuple[Tensor, Tensor]]:
     """(what flows on, its (B, C, H, W) feature map) after each block (``per_block``: an isotropic model's levels) or
     after the whole stage. They differ for a token stage, whose stream goes on (to the head, with its prefix tokens)

@@ -135,13 +135,19 @@ def _classifier_keys(model: nn.Module, ours: Mapping[str, Tensor]) -> set[str]:
     return {k for k in ours if classifier and k.startswith(classifier + ".")}
 
 
+def state_mismatch(ours: Mapping[str, Tensor], state: Mapping[str, Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """(our keys ``state`` lacks, its keys we lack, keys whose shapes differ), each sorted."""
+    missing = sorted(set(ours) - set(state))
+    unexpected = sorted(set(state) - set(ours))
+    wrong = sorted(k for k in set(ours) & set(state) if tuple(ours[k].shape) != tuple(state[k].shape))
+    return missing, unexpected, wrong
+
+
 def _load_strict(model: nn.Module, state: Mapping[str, Tensor], source: str = "the checkpoint",
                  theirs: str = "checkpoint") -> None:
     """``model.load_state_dict(state, strict=True)``, or a ValueError listing what is missing, extra or misshapen."""
     ours = model.state_dict()
-    missing = sorted(set(ours) - set(state))
-    unexpected = sorted(set(state) - set(ours))
-    wrong = sorted(k for k in set(ours) & set(state) if ours[k].shape != state[k].shape)
+    missing, unexpected, wrong = state_mismatch(ours, state)
     if missing or unexpected or wrong:
         lines = []
         if missing:

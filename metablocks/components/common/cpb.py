@@ -13,7 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 TEMPERATURE_INIT = 1 / 0.24  # the official init of softplus(temperature)
 CPB_SPAN = 8.0  # relative coordinates are scaled to [-8, 8] across the pretrain map, then log2(|x| + 1) / log2(8)
@@ -81,3 +81,12 @@ def grid_problems(resolution: tuple[int, int] | None, pretrain: int | None, what
         return [f"{what} scales relative coordinates by the map's side - 1, so it needs a map of at least 2x2; "
                 f"got {'cpb_pretrain_size=' + str(pretrain) if pretrain is not None else 'a %dx%d map' % resolution}"]
     return []
+
+
+def register_cpb_tables(module: nn.Module, query_size: tuple[int, int], key_size: tuple[int, int],
+                        pretrain_size: int | None = None) -> None:
+    """``cpb_table``'s index and coordinates on ``module`` as non-persistent buffers, under the official names
+    ``relative_pos_index`` and ``relative_coords_table`` (``pretrain_size``: the side the coordinates are scaled by)."""
+    index, coords = cpb_table(query_size, key_size, (pretrain_size,) * 2 if pretrain_size is not None else None)
+    module.register_buffer("relative_pos_index", index, persistent=False)
+    module.register_buffer("relative_coords_table", coords, persistent=False)

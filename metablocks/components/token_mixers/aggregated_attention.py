@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metablocks.components.common.cpb import (checked_map, cpb_bias, cpb_table, grid_problems, on_default_device,
-                                            temperature_init)
+from metablocks.components.common.cpb import (checked_map, cpb_bias, grid_problems, on_default_device,
+                                            register_cpb_tables, temperature_init)
 from metablocks.components.token_mixers.attention import MultiHeadConfig
 from metablocks.fields import Kernel, Probability, Stride, Width
 from metablocks.registry import Context, register
@@ -124,10 +124,7 @@ class AggregatedAttention(nn.Module):
         count, outside = window_mask(self.resolution, window_size)
         self.register_buffer("seq_length_scale", torch.log(count + self.pool_len)[:, None, None], persistent=False)
         self.register_buffer("padding_mask", outside[:, None, :], persistent=False)  # (N, 1, window**2)
-        pretrain = (cpb_pretrain_size,) * 2 if cpb_pretrain_size is not None else None
-        index, coords = cpb_table(self.resolution, self.pool_size, pretrain)
-        self.register_buffer("relative_pos_index", index, persistent=False)
-        self.register_buffer("relative_coords_table", coords, persistent=False)
+        register_cpb_tables(self, self.resolution, self.pool_size, cpb_pretrain_size)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
         if not torch.jit.is_scripting() and not fx_tracing():

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metablocks.components.common.cpb import checked_map, cpb_bias, cpb_table, grid_problems, temperature_init
+from metablocks.components.common.cpb import checked_map, cpb_bias, grid_problems, register_cpb_tables, temperature_init
 from metablocks.components.token_mixers.attention import MultiHeadConfig
 from metablocks.fields import Probability, Width
 from metablocks.registry import Context, register
@@ -67,10 +67,7 @@ class CpbAttention(nn.Module):
         self.cpb_fc2 = nn.Linear(cpb_hidden, num_heads)
         n = self.resolution[0] * self.resolution[1]
         self.seq_length_scale = math.log(n)
-        pretrain = (cpb_pretrain_size,) * 2 if cpb_pretrain_size is not None else None
-        index, coords = cpb_table(self.resolution, self.resolution, pretrain)
-        self.register_buffer("relative_pos_index", index, persistent=False)
-        self.register_buffer("relative_coords_table", coords, persistent=False)
+        register_cpb_tables(self, self.resolution, self.resolution, cpb_pretrain_size)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
         if not torch.jit.is_scripting() and not fx_tracing():

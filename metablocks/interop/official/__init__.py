@@ -122,14 +122,14 @@ def _group(keys: list[str], limit: int = 12) -> str:
 
 def load_converted(model: nn.Module, conversion: Conversion, *, source: str = "the official checkpoint") -> None:
     """Load strictly, or raise OfficialWeightsError naming every key that could not be placed, is missing or misfits."""
+    from metablocks.interop.timm import state_mismatch
+
     ours = model.state_dict()
     theirs = dict(conversion.state_dict)
     for key in ours:  # BatchNorm's step counter, which older checkpoints (and TF) do not have, is not a weight
         if key.endswith("num_batches_tracked") and key not in theirs:
             theirs[key] = ours[key]
-    unplaced = sorted(set(theirs) - set(ours))
-    missing = sorted(set(ours) - set(theirs))
-    wrong = sorted(k for k in set(ours) & set(theirs) if tuple(ours[k].shape) != tuple(theirs[k].shape))
+    missing, unplaced, wrong = state_mismatch(ours, theirs)
     if unplaced or missing or wrong:
         lines = []
         if unplaced:
