@@ -114,3 +114,15 @@ def test_mutated_files_give_located_errors(tmp_path):
         except RecipeError as err:
             assert all(p.path and p.file for p in err.problems), err
             assert any(p.file == str(path) for p in err.problems) or "no effect" in str(err), err
+
+
+def test_a_stem_layer_that_leaves_no_map_is_located() -> None:
+    """Found by the slow property run: a 13x13 unpadded conv on a 12x12 input leaves no map, and the next layer's
+    padding gave the stack a 1x1 output again, so only the last layer was checked (a raw torch error on build)."""
+    raw = {"name": "fuzz", "in_chans": 1, "img_size": 12, "num_classes": 0,
+           "stem": {"type": "conv_stack", "layers": [{"kernel_size": 13, "padding": 0, "width": 0.25}, {"kernel_size": 2}]},
+           "stages": [{"depth": 0, "dim": 4}], "head": "linear"}
+    assert holds(raw) == "rejected"
+    with pytest.raises(metablocks.RecipeError, match=r"stem: stem 'conv_stack': a 12x12 input is too small for this stack of convolutions "
+                                                     r"\(layers\[0\], a 13x13 conv, leaves no map\)"):
+        metablocks.load_recipe(raw)

@@ -78,8 +78,13 @@ class ConvStackConfig(Component):
                 errors.append(f"layers[{i}]: width {layer.width} leaves no channels")
             if layer.depthwise and in_dim != width:
                 errors.append(f"layers[{i}] is depthwise, so it needs as many channels out as in ({in_dim}), got {width}")
-        if ctx.resolution and min(self.out_resolution(ctx.resolution)) < 1:
-            errors.append(f"a {ctx.resolution[0]}x{ctx.resolution[1]} input is too small for this stack of convolutions")
+        resolution = ctx.resolution
+        for i, layer in enumerate(self.layers if resolution else []):  # every layer's map, not only the last
+            resolution = conv_out(resolution, layer.kernel_size, layer.stride, layer.pad)
+            if min(resolution) < 1:
+                errors.append(f"a {ctx.resolution[0]}x{ctx.resolution[1]} input is too small for this stack of "
+                              f"convolutions (layers[{i}], a {layer.kernel_size}x{layer.kernel_size} conv, leaves no map)")
+                break
         return errors
 
     def build(self, ctx: Context) -> nn.Module:
