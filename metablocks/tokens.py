@@ -7,6 +7,12 @@ position embedding is added, and every component either works on the stream (att
 norms and MLPs apply to it) or runs on the map alone while the prefix passes it unchanged (``TokenMode``). A
 component on the stream whose ``forward`` takes ``hw`` is given the map's (H, W) too (CvT's convolutional projections
 split the prefix off, convolve the map and put it back inside their attention).
+
+Prefix tokens put in at a stage are carried by every later stage, to the head: a stage hands the next its map and
+its prefix tokens, ``(map (B, C, H, W), prefix (B, P, C))``; the next stage's downsample pools the map and takes the
+tokens across by its own rule (``token_mode() == "apply"``: its ``forward_prefix``, as PiT's pooling layer projects
+them with a linear layer) or leaves them as they are, which the checks allow only where the width stays; then the
+carried tokens go first, the stage's own after them (PiT, Heo et al. 2021: the class token crosses two poolings).
 """
 from __future__ import annotations
 
@@ -53,3 +59,14 @@ class PrefixTokens(nn.Module):
                 tokens.append(token.expand(x.shape[0], -1, -1))
         tokens.append(x)
         return torch.cat(tokens, dim=1)
+
+
+def carried_prefixes(stages: list) -> list[tuple[str, ...]]:
+    """The prefix tokens each stage takes in from the stages before it: tokens put in at a stage are carried on, by
+    every later stage (each then a token stage), to the head (PiT's class token crosses its pooling layers)."""
+    carried: tuple[str, ...] = ()
+    taken = []
+    for stage in stages:
+        taken.append(carried)
+        carried = carried + (stage.prefix() if stage is not None else ())
+    return taken
