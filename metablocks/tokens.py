@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, Strict
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from torch import Tensor, nn
 
 Count = Annotated[int, Strict(), Field(ge=0, le=256)]
@@ -33,6 +33,13 @@ class PrefixTokensConfig(BaseModel):
     cls: Annotated[int, Strict(), Field(ge=0, le=1)] = 0  # the class token (ViT), read by ``head: token``
     dist: Annotated[int, Strict(), Field(ge=0, le=1)] = 0  # DeiT's distillation token
     registers: Count = 0  # register tokens (Darcet et al. 2024), attended over and dropped at the head
+
+    @model_validator(mode="after")
+    def _puts_in_a_token(self) -> PrefixTokensConfig:
+        if not self.cls + self.dist + self.registers:
+            raise ValueError("prefix_tokens puts in no token (cls, dist and registers are all 0): give a count, or "
+                             "leave prefix_tokens out")
+        return self
 
     def names(self) -> tuple[str, ...]:
         """The prefix tokens in stream order: ("cls", "dist", "register", ...)."""

@@ -208,6 +208,8 @@ def test_existing_map_stages_are_unchanged() -> None:
      "head token reads the dist token, which the last stage does not carry (its prefix tokens: cls); add it to the "
      "stage's prefix_tokens"),
     (("{cls: 1}", "{cls: 2}"), "stages[0].prefix_tokens.cls"),
+    (("{cls: 1}", "{cls: 0}"), "stages[0].prefix_tokens: prefix_tokens puts in no token (cls, dist and registers are "
+                               "all 0): give a count, or leave prefix_tokens out"),
     (("- {depth: 2, dim: 16, prefix_tokens: {cls: 1}, pos_embed: learned}",
       "- {depth: 2, dim: 16, prefix_tokens: {cls: 1}, pos_embed: learned}\n"
       "  - {depth: 1, dim: 32, downsample: {type: conv, kernel_size: 2, stride: 2, padding: 0}}"),
