@@ -1,7 +1,7 @@
 """Multi-scale feature maps for dense tasks: ``create_model(name, features_only=True, out_indices=(0, 1, 2, 3))``.
 
 Like timm's ``features_only``: the model without its head, returning the (B, C, H, W) map of each feature level in
-``out_indices`` (a level is a stage's output; a block's in an isotropic, one-stage model such as MLP-Mixer);
+``out_indices`` (a level is a stage's output; a block's in an isotropic model such as MLP-Mixer, ViT or ConViT);
 stages (blocks) after the last wanted level are dropped. Parameter names stay ``stem.*`` / ``stages.*``, so a
 backbone's state_dict (without ``head.*``) loads into it. ``feature_info`` answers as timm's ``FeatureInfo``.
 """

@@ -176,10 +176,7 @@ class MetaModel(nn.Module):
             if stage.drop_path_rate is not None:
                 rates[i] = torch.linspace(0, stage.drop_path_rate, stage.depth, device="cpu")
         stages, dim, self.feature_info = [], first, []
-        reduction = recipe.img_size[0] / resolution[0]
-        # feature levels: the output of each stage; an isotropic model (one stage: MLP-Mixer, ViT-like) has one per
-        # block instead, as timm's MLP-Mixer and ViT expose
-        self.isotropic = len(recipe.stages) == 1
+        reduction, reductions = recipe.img_size[0] / resolution[0], []
         carried = carried_prefixes(recipe.stages)  # the prefix tokens each stage takes from the stages before
         for i, stage in enumerate(recipe.stages):
             hands_on = i + 1 < len(recipe.stages) and bool(carried[i + 1])
@@ -187,9 +184,16 @@ class MetaModel(nn.Module):
                                 carried=carried[i], hands_on=hands_on))
             reduction *= resolution[0] / stages[-1].resolution[0]
             resolution, dim = stages[-1].resolution, stage.out_dim
-            modules = [f"stages.{i}.blocks.{j}" for j in range(stage.depth)] if self.isotropic else [f"stages.{i}"]
-            self.feature_info += [dict(num_chs=dim, reduction=round(reduction), module=m) for m in modules]
+            reductions.append(round(reduction))
         self.stages = Stages(*stages)
+        # feature levels: the output of each stage; an isotropic model (its stages all at the stem's map size: MLP-Mixer,
+        # ViT, ConViT's two stages) has one per block instead, as timm's MLP-Mixer, ViT and ConViT expose
+        self.isotropic = len(stages) == 1 or all(s.in_resolution == s.resolution == stages[0].in_resolution
+                                                  for s in stages)
+        for i, (stage, r) in enumerate(zip(recipe.stages, reductions)):
+            modules = [f"stages.{i}.blocks.{j}" for j in range(stage.depth)] if self.isotropic else [f"stages.{i}"]
+            self.feature_info += [dict(num_chs=stage.block_dim(j) if self.isotropic else stage.out_dim, reduction=r,
+                                       module=m) for j, m in enumerate(modules)]
         self.num_features = dim
         to_head = stages[-1].prefix  # a last stage with prefix tokens hands the head its token stream
         self.head = recipe.head.build(Context(dim, out_dim=recipe.num_classes, resolution=resolution, prefix=to_head,
@@ -236,9 +240,11 @@ class MetaModel(nn.Module):
                               intermediates_only: bool = False) -> tuple[Tensor, list[Tensor]] | list[Tensor]:
         """``(final features, [feature map of each level in indices])``, timm's signature and return.
 
-        A level is a stage's output (a block's for an isotropic, one-stage model; ``feature_info`` lists them).
+        A level is a stage's output (a block's for an isotropic model, whose stages all keep the stem's map size;
+        ``feature_info`` lists them).
         ``indices``: all levels (None), the last n (an int) or those listed (negative from the end). ``norm``: the
-        head's map norm on the last level, where the head normalizes the map before pooling (Swin, MLP-Mixer).
+        head's norm on the last level where the head normalizes the map before pooling (Swin), on every level of an
+        isotropic model (MLP-Mixer; ViT's and ConViT's token heads), as timm's.
         ``stop_early``: stop after the last wanted level (``final`` is then that level's map). ``output_fmt``:
         "NCHW" or "NHWC". ``intermediates_only``: return the list alone.
         """
@@ -255,8 +261,8 @@ class MetaModel(nn.Module):
                 break
             for x, level in stage_levels(stage, x, per_block=self.isotropic):
                 if feature in take:
-                    if norm and feature == len(self.feature_info) - 1 and getattr(self.head, "norm_first", False):
-                        level = self.head.norm(level)
+                    if norm and (self.isotropic or feature == len(self.feature_info) - 1):
+                        level = self._level_norm(level)
                     out.append(level.permute(0, 2, 3, 1) if output_fmt == "NHWC" else level)
                 feature += 1
                 if stop_early and feature > last:
@@ -265,18 +271,30 @@ class MetaModel(nn.Module):
             return out
         return (x[0] if isinstance(x, tuple) else x), out  # stopped early where prefix tokens go on: the map
 
+    def _level_norm(self, level: Tensor) -> Tensor:
+        """The head's norm on a (B, C, H, W) level: a map norm (``norm_first``), a token head's per token (isotropic
+        models), else none (a hierarchical token model: PiT's final norm is its class token's alone)."""
+        if getattr(self.head, "norm_first", False):
+            return self.head.norm(level)
+        if getattr(type(self.recipe.head), "reads_tokens", False) and self.isotropic:
+            return self.head.norm(level.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return level
+
     def prune_intermediate_layers(self, indices: int | Iterable[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
         """Drop the stages (blocks, isotropic) after the last of ``indices`` and, with ``prune_head``, the head's
         classifier and pool (timm's API); returns the kept level indices."""
         take = feature_take_indices(len(self.feature_info), indices, self.recipe.name)
         last = max(take)
-        if self.isotropic:
-            self.stages[0].blocks = self.stages[0].blocks[: last + 1]
-            self.stages[0].plan_permutes()
+        if self.isotropic:  # level ``last`` is block j of stage s, counting blocks across the stages
+            s = int(self.feature_info[last]["module"].split(".")[1])
+            j = last - sum(len(stage.blocks) for stage in self.stages[:s])
+            self.stages = self.stages[: s + 1]
+            self.stages[s].blocks = self.stages[s].blocks[: j + 1]
+            self.stages[s].plan_permutes()
         else:
             self.stages = self.stages[: last + 1]
-            self.stages[-1].hands_on = False  # its prefix tokens, if any, now go on with its stream
+        self.stages[-1].hands_on = False  # its prefix tokens, if any, now go on with its stream
         self.feature_info = self.feature_info[: last + 1]
         width = self.feature_info[-1]["num_chs"]
         if prune_head or width != self.num_features:  # a head sized for the dropped stages goes (timm's prune_end)

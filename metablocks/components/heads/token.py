@@ -92,6 +92,8 @@ class TokenHead(nn.Module):
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:  # (B, P + H*W, C)
         if self.pool == "":  # no pooling (timm's global_pool=''): every token, normalized
+            if x.dim() == 4:  # a model pruned before its prefix tokens are put in gives a map: its tokens
+                x = x.flatten(2).transpose(1, 2)
             x = self.drop(self.norm(x.flatten(0, 1)).unflatten(0, (x.shape[0], x.shape[1])))  # a vector norm per token
             return x if pre_logits else self.fc(x)
         read = [x[:, i] for i in self.index]
