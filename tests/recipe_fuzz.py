@@ -200,8 +200,15 @@ def recipes(draw: Any) -> dict[str, Any]:
             stage["pattern"] = draw(st.sampled_from([["a"], ["a", "b"], ["b", "a"]]))
         if draw(st.integers(0, 3)) == 0:
             stage["drop_path_rate"] = 0.2
+        carrying = any(s.get("prefix_tokens") for s in stages)  # prefix tokens put in earlier cross this stage
         if i > 0:
-            stage["downsample"] = draw(st.one_of(st.none(), component("downsample")))
+            if carrying and draw(st.booleans()):  # mostly a downsample that takes them across (PiT's), or none
+                stage["downsample"] = draw(st.sampled_from([None, "conv_head_pooling", {"type": "conv_head_pooling",
+                                                                                        "stride": 1}]))
+                if stage["downsample"] is not None:
+                    stage["dim"] = dims[i - 1] * draw(st.sampled_from([1, 2]))
+            else:
+                stage["downsample"] = draw(st.one_of(st.none(), component("downsample")))
             if stage["downsample"] is None:
                 stage["stride"] = draw(st.sampled_from([1, 1, 2]))
         # tokens: a position embedding on any stage; prefix tokens on any stage, carried by the later ones (mostly
@@ -211,6 +218,8 @@ def recipes(draw: Any) -> dict[str, Any]:
         if draw(st.integers(0, 2 if i == n - 1 else 8)) == 0:
             stage["prefix_tokens"] = {"cls": draw(st.integers(0, 1)), "dist": draw(st.integers(0, 1)),
                                       "registers": draw(st.sampled_from([0, 0, 2]))}
+            if not any(stage["prefix_tokens"].values()):  # mostly at least one token (hypothesis favours zeros)
+                stage["prefix_tokens"]["cls"] = draw(st.sampled_from([1, 1, 1, 0]))
         elif draw(st.integers(0, 6)) == 0:
             stage["layout"] = "tokens"
         stages.append(stage)
