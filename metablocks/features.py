@@ -1,7 +1,7 @@
 """Multi-scale feature maps for dense tasks: ``create_model(name, features_only=True, out_indices=(0, 1, 2, 3))``.
 
 Like timm's ``features_only``: the model without its head, returning the (B, C, H, W) map of each feature level in
-``out_indices`` (a level is a stage's output; a block's in an isotropic, one-stage model such as MLP-Mixer);
+``out_indices`` (a level is a stage's output; a block's in an isotropic model such as MLP-Mixer, ViT or ConViT);
 stages (blocks) after the last wanted level are dropped. Parameter names stay ``stem.*`` / ``stages.*``, so a
 backbone's state_dict (without ``head.*``) loads into it. ``feature_info`` answers as timm's ``FeatureInfo``.
 """
@@ -17,18 +17,18 @@ if TYPE_CHECKING:  # the model imports this module; this one needs the model's t
     from metablocks.model import MetaModel, Stage
 
 
-def stage_levels(stage: Stage, x: Tensor, *, per_block: bool) -> Iterator[tuple[Tensor, Tensor]]:
+def stage_levels(stage: Stage, x: Any, *, per_block: bool) -> Iterator[tuple[Any, Tensor]]:
     """(what flows on, its (B, C, H, W) feature map) after each block (``per_block``: an isotropic model's levels) or
-    after the whole stage. They differ for a token stage, whose stream goes on (to the head, with its prefix tokens)
-    while its feature is the map of its map tokens."""
+    after the whole stage. They differ for a token stage, whose stream goes on (to the head with its prefix tokens,
+    or as (map, prefix tokens) to a next stage that carries them) while its feature is the map of its map tokens."""
     if stage.tokens:
-        x, hw = stage.to_tokens(stage.downsample(x))
+        x, hw = stage.to_tokens(*x) if stage.carried else stage.to_tokens(x)
         for j, block in enumerate(stage.blocks):
             x = block(x, hw)
             if per_block or j == len(stage.blocks) - 1:
-                yield (x if stage.prefix else stage.to_map(x, hw)), stage.to_map(x, hw)
+                yield stage.from_tokens(x, hw), stage.to_map(x, hw)
         if not len(stage.blocks):
-            yield (x if stage.prefix else stage.to_map(x, hw)), stage.to_map(x, hw)
+            yield stage.from_tokens(x, hw), stage.to_map(x, hw)
         return
     if not per_block:
         x = stage(x)

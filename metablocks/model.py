@@ -2,7 +2,8 @@
 
     x (B, 3, H, W) -> stem -> stages[0] -> ... -> stages[-1] -> head -> logits (B, num_classes)
 
-Stages take and return channels-first maps; inside, blocks run in their own layout (see blocks.py).
+Stages take and return channels-first maps; inside, blocks run in their own layout (see blocks.py). A stage whose
+prefix tokens go on to the next stage hands it (map, prefix tokens) instead (metablocks/tokens.py).
 The API follows timm: forward_features, forward_head(pre_logits=), forward_intermediates,
 reset_classifier, set_grad_checkpointing, feature_info.
 
@@ -10,7 +11,8 @@ torch.fx and TorchScript read ``MetaModel.forward``'s annotations as types, so t
 ``from __future__ import annotations``).
 """
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from collections import OrderedDict
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -23,30 +25,37 @@ from metablocks.recipe.errors import Problem, RecipeError, component_problems
 from metablocks.recipe.loader import load_recipe
 from metablocks.recipe.schema import Recipe, StageConfig
 from metablocks.registry import Component, Context, Layout
-from metablocks.tokens import PrefixTokens
+from metablocks.tokens import PrefixTokens, carried_prefixes
 from metablocks.tracing import fx_tracing
 
 from metablocks.features import FeatureExtractor, feature_take_indices, stage_levels
 
 
 class Stage(nn.Module):
-    """Downsample, then blocks; takes and returns (B, C, H, W), permuting only where block layouts change."""
+    """Downsample, then blocks; takes and returns (B, C, H, W), permuting only where block layouts change.
+
+    A token stage (metablocks/tokens.py) runs its blocks on a token stream (B, P + H*W, C): ``carried`` names the
+    prefix tokens an earlier stage put in, which it takes in beside the map, ``(map, prefix tokens)``; ``hands_on``: it
+    gives the next stage its map and prefix tokens that way (the last stage gives the head its whole stream)."""
 
     def __init__(self, in_dim: int, config: StageConfig, *, resolution: tuple[int, int], drop_path: list[float],
-                 index: int) -> None:
+                 index: int, carried: tuple[str, ...] = (), hands_on: bool = False) -> None:
         super().__init__()
         self.grad_checkpointing = False
         self.in_dim, self.in_resolution = in_dim, resolution
+        self.carried, self.hands_on = carried, hands_on
         self.downsample = (config.downsample.build(Context(in_dim, out_dim=config.block_dim(0), resolution=resolution,
-                                                           stage=index))
+                                                           stage=index, prefix=carried))
                            if config.downsample is not None else nn.Identity())
+        # the carried prefix tokens cross the downsample through its own rule (PiT's pooling projects them), or unchanged
+        self.projects_prefix = bool(carried) and config.downsample is not None and config.downsample.token_mode() == "apply"
         if config.downsample is not None:
             resolution = config.downsample.out_resolution(resolution)
         dim = config.block_dim(0) if config.downsample is not None else in_dim
-        # a token stage (metablocks/tokens.py): the map flattened to (B, H*W, C), prefix tokens put in front, the
-        # position embedding added, blocks on the stream; the prefix tokens are carried out to the head
-        self.tokens, self.prefix = config.tokens, config.prefix()
-        if config.prefix_tokens is not None and self.prefix:
+        # a token stage: the map flattened to (B, H*W, C), the carried and this stage's prefix tokens put in front, the
+        # position embedding added, blocks on the stream
+        self.tokens, self.prefix = config.tokens or bool(carried), carried + config.prefix()
+        if config.prefix_tokens is not None and config.prefix():
             self.prefix_tokens = PrefixTokens(dim, config.prefix_tokens)
         if config.pos_embed is not None:
             self.pos_embed = config.pos_embed.build(Context(dim, resolution=resolution, stage=index, prefix=self.prefix,
@@ -68,7 +77,7 @@ class Stage(nn.Module):
         """TorchScript gets the stage's permute plan unrolled (metablocks/tracing.py): same submodules, same names."""
         from metablocks.tracing import unrolled
 
-        return unrolled(self)
+        return unrolled(self, {"prefix": Tensor} if self.carried else None)
 
     def plan_permutes(self) -> None:
         """One permute wherever consecutive blocks' layouts differ, and back to channels-first at the end."""
@@ -80,10 +89,10 @@ class Stage(nn.Module):
         self._perms = tuple(perms)
         self._out_perm = permutation(layout, "channels_first")
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.downsample(x)
+    def forward(self, x: Tensor, prefix: Optional[Tensor] = None) -> Any:
         if self.tokens:
-            return self._forward_tokens(x)
+            return self._forward_tokens(x, prefix)
+        x = self.downsample(x)
         if hasattr(self, "pos_embed"):
             x = self.pos_embed(x, (x.shape[2], x.shape[3]))
         for perm, block in zip(self._perms, self.blocks):
@@ -92,13 +101,17 @@ class Stage(nn.Module):
             x = checkpoint(block, x, use_reentrant=False) if self.grad_checkpointing and self.training else block(x)
         return x.permute(self._out_perm) if self._out_perm else x
 
-
-    def to_tokens(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """The (B, C, H, W) map after the downsample as this stage's token stream (B, P + H*W, C), and (H, W)."""
+    def to_tokens(self, x: Tensor, prefix: Optional[Tensor] = None) -> tuple[Tensor, tuple[int, int]]:
+        """The stage's input (a (B, C, H, W) map, and the (B, P, C) prefix tokens carried in) after the downsample, as
+        this stage's token stream (B, P + H*W, C), and (H, W)."""
+        x = self.downsample(x)
         hw = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, H*W, C)
         if hasattr(self, "prefix_tokens"):
             x = self.prefix_tokens(x)
+        if self.carried:
+            assert prefix is not None, "a stage that carries prefix tokens takes them with the map"
+            x = torch.cat([self.downsample.forward_prefix(prefix) if self.projects_prefix else prefix, x], dim=1)
         if hasattr(self, "pos_embed"):
             x = self.pos_embed(x, hw)
         return x, hw
@@ -107,11 +120,41 @@ class Stage(nn.Module):
         """A token stream's map tokens as a (B, C, H, W) map (the prefix tokens left out)."""
         return x[:, len(self.prefix):].transpose(1, 2).unflatten(2, hw)
 
-    def _forward_tokens(self, x: Tensor) -> Tensor:
-        x, hw = self.to_tokens(x)
+    def from_tokens(self, x: Tensor, hw: tuple[int, int]) -> Any:
+        """What the stage gives on: (map, prefix tokens) to a next stage that carries them, the stream (B, P + H*W, C)
+        to the head, or the map."""
+        if self.hands_on:
+            return self.to_map(x, hw), x[:, : len(self.prefix)]
+        return x if self.prefix else self.to_map(x, hw)
+
+    def _forward_tokens(self, x: Tensor, prefix: Optional[Tensor]) -> Any:
+        x, hw = self.to_tokens(x, prefix)
         for block in self.blocks:
             x = checkpoint(block, x, hw, use_reentrant=False) if self.grad_checkpointing and self.training else block(x, hw)
-        return x if self.prefix else self.to_map(x, hw)  # prefix tokens go on to the head with the stream
+        return self.from_tokens(x, hw)
+
+
+class Stages(nn.Sequential):
+    """The stages in order: each takes the one before's output; a stage that carries prefix tokens also takes the
+    prefix tokens the one before hands on."""
+
+    def forward(self, x: Tensor) -> Any:
+        prefix: Optional[Tensor] = None
+        for stage in self:
+            out = stage(x, prefix) if stage.carried else stage(x)
+            if stage.hands_on:
+                x, prefix = out[0], out[1]
+            else:
+                x = out
+        return x
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """TorchScript gets the hand-over unrolled (metablocks/tracing.py), or a plain Sequential where there is none."""
+        from metablocks.tracing import unrolled
+
+        if any(stage.carried for stage in self):
+            return unrolled(self)
+        return nn.Sequential(OrderedDict(self._modules))
 
 
 class MetaModel(nn.Module):
@@ -133,21 +176,28 @@ class MetaModel(nn.Module):
             if stage.drop_path_rate is not None:
                 rates[i] = torch.linspace(0, stage.drop_path_rate, stage.depth, device="cpu")
         stages, dim, self.feature_info = [], first, []
-        reduction = recipe.img_size[0] / resolution[0]
-        # feature levels: the output of each stage; an isotropic model (one stage: MLP-Mixer, ViT-like) has one per
-        # block instead, as timm's MLP-Mixer and ViT expose
-        self.isotropic = len(recipe.stages) == 1
+        reduction, reductions = recipe.img_size[0] / resolution[0], []
+        carried = carried_prefixes(recipe.stages)  # the prefix tokens each stage takes from the stages before
         for i, stage in enumerate(recipe.stages):
-            stages.append(Stage(dim, stage, resolution=resolution, drop_path=rates[i].tolist(), index=i))
+            hands_on = i + 1 < len(recipe.stages) and bool(carried[i + 1])
+            stages.append(Stage(dim, stage, resolution=resolution, drop_path=rates[i].tolist(), index=i,
+                                carried=carried[i], hands_on=hands_on))
             reduction *= resolution[0] / stages[-1].resolution[0]
             resolution, dim = stages[-1].resolution, stage.out_dim
+            reductions.append(round(reduction))
+        self.stages = Stages(*stages)
+        # feature levels: the output of each stage; an isotropic model (its stages all at the stem's map size: MLP-Mixer,
+        # ViT, ConViT's two stages) has one per block instead, as timm's MLP-Mixer, ViT and ConViT expose
+        self.isotropic = len(stages) == 1 or all(s.in_resolution == s.resolution == stages[0].in_resolution
+                                                  for s in stages)
+        for i, (stage, r) in enumerate(zip(recipe.stages, reductions)):
             modules = [f"stages.{i}.blocks.{j}" for j in range(stage.depth)] if self.isotropic else [f"stages.{i}"]
-            self.feature_info += [dict(num_chs=dim, reduction=round(reduction), module=m) for m in modules]
-        self.stages = nn.Sequential(*stages)
+            self.feature_info += [dict(num_chs=stage.block_dim(j) if self.isotropic else stage.out_dim, reduction=r,
+                                       module=m) for j, m in enumerate(modules)]
         self.num_features = dim
-        carried = stages[-1].prefix  # a last stage with prefix tokens hands the head its token stream
-        self.head = recipe.head.build(Context(dim, out_dim=recipe.num_classes, resolution=resolution, prefix=carried,
-                                              layout="tokens" if carried else "channels_first"))
+        to_head = stages[-1].prefix  # a last stage with prefix tokens hands the head its token stream
+        self.head = recipe.head.build(Context(dim, out_dim=recipe.num_classes, resolution=resolution, prefix=to_head,
+                                              layout="tokens" if to_head else "channels_first"))
         self.head_hidden_size = getattr(self.head, "hidden_size", dim)  # the width forward_head(pre_logits=True) gives
         self.fixed_resolution = any(getattr(type(c), "fixed_resolution", False)
                                     for s in recipe.stages for c in s.components())
@@ -190,9 +240,11 @@ class MetaModel(nn.Module):
                               intermediates_only: bool = False) -> tuple[Tensor, list[Tensor]] | list[Tensor]:
         """``(final features, [feature map of each level in indices])``, timm's signature and return.
 
-        A level is a stage's output (a block's for an isotropic, one-stage model; ``feature_info`` lists them).
+        A level is a stage's output (a block's for an isotropic model, whose stages all keep the stem's map size;
+        ``feature_info`` lists them).
         ``indices``: all levels (None), the last n (an int) or those listed (negative from the end). ``norm``: the
-        head's map norm on the last level, where the head normalizes the map before pooling (Swin, MLP-Mixer).
+        head's norm on the last level where the head normalizes the map before pooling (Swin), on every level of an
+        isotropic model (MLP-Mixer; ViT's and ConViT's token heads), as timm's.
         ``stop_early``: stop after the last wanted level (``final`` is then that level's map). ``output_fmt``:
         "NCHW" or "NHWC". ``intermediates_only``: return the list alone.
         """
@@ -209,15 +261,24 @@ class MetaModel(nn.Module):
                 break
             for x, level in stage_levels(stage, x, per_block=self.isotropic):
                 if feature in take:
-                    if norm and feature == len(self.feature_info) - 1 and getattr(self.head, "norm_first", False):
-                        level = self.head.norm(level)
+                    if norm and (self.isotropic or feature == len(self.feature_info) - 1):
+                        level = self._level_norm(level)
                     out.append(level.permute(0, 2, 3, 1) if output_fmt == "NHWC" else level)
                 feature += 1
                 if stop_early and feature > last:
                     break
         if intermediates_only:
             return out
-        return x, out
+        return (x[0] if isinstance(x, tuple) else x), out  # stopped early where prefix tokens go on: the map
+
+    def _level_norm(self, level: Tensor) -> Tensor:
+        """The head's norm on a (B, C, H, W) level: a map norm (``norm_first``), a token head's per token (isotropic
+        models), else none (a hierarchical token model: PiT's final norm is its class token's alone)."""
+        if getattr(self.head, "norm_first", False):
+            return self.head.norm(level)
+        if getattr(type(self.recipe.head), "reads_tokens", False) and self.isotropic:
+            return self.head.norm(level.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return level
 
     def prune_intermediate_layers(self, indices: int | Iterable[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:
@@ -225,16 +286,22 @@ class MetaModel(nn.Module):
         classifier and pool (timm's API); returns the kept level indices."""
         take = feature_take_indices(len(self.feature_info), indices, self.recipe.name)
         last = max(take)
-        if self.isotropic:
-            self.stages[0].blocks = self.stages[0].blocks[: last + 1]
-            self.stages[0].plan_permutes()
+        if self.isotropic:  # level ``last`` is block j of stage s, counting blocks across the stages
+            s = int(self.feature_info[last]["module"].split(".")[1])
+            j = last - sum(len(stage.blocks) for stage in self.stages[:s])
+            self.stages = self.stages[: s + 1]
+            self.stages[s].blocks = self.stages[s].blocks[: j + 1]
+            self.stages[s].plan_permutes()
         else:
             self.stages = self.stages[: last + 1]
+        self.stages[-1].hands_on = False  # its prefix tokens, if any, now go on with its stream
         self.feature_info = self.feature_info[: last + 1]
-        if prune_head:
+        width = self.feature_info[-1]["num_chs"]
+        if prune_head or width != self.num_features:  # a head sized for the dropped stages goes (timm's prune_end)
             self.reset_classifier(0, "")
-        if prune_norm and hasattr(self.head, "norm"):
+        if (prune_norm or width != self.num_features) and hasattr(self.head, "norm"):
             self.head.norm = nn.Identity()
+        self.num_features = self.head_hidden_size = width
         return take
 
     def get_classifier(self) -> nn.Module:
@@ -306,7 +373,7 @@ class MetaModel(nn.Module):
             new_stages[s] = config.model_copy(update=update)
             _check_stage(new_stages[s], stage.resolution, s)
             rebuilt = Stage(stage.in_dim, new_stages[s], resolution=stage.in_resolution, drop_path=[0.0] * config.depth,
-                            index=s)
+                            index=s, carried=stage.carried, hands_on=stage.hands_on)
             rebuilt.apply(_init_weights)
             reshaped, fresh = [], []
             for j, (old, new) in enumerate(zip(stage.blocks, rebuilt.blocks)):

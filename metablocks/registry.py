@@ -237,6 +237,9 @@ def register(kind: str, name: str, *, config: type[Component] | None = None, lay
             raise RegistryError(f"{kind} {name!r} is already registered, {by}; give yours another name, or pass "
                                 f"replace=True to override it")
         base = config if config is not None else _config_from_signature(module, name)
+        if kind == "downsample" and base.tokens == "apply" and not hasattr(module, "forward_prefix"):
+            raise RegistryError(f"downsample {name!r} says it takes carried prefix tokens across (tokens = 'apply'), "
+                                f"but {getattr(module, '__qualname__', module)!s} has no forward_prefix(prefix) method")
         cls = create_model(base.__name__, __base__=base, __module__=base.__module__,
                            type=(Literal[name], name))  # type: ignore[call-overload]
         cls.__doc__ = (config.__doc__ if config is not None else None) or module.__doc__

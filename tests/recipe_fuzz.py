@@ -204,17 +204,18 @@ def recipes(draw: Any) -> dict[str, Any]:
             stage["downsample"] = draw(st.one_of(st.none(), component("downsample")))
             if stage["downsample"] is None:
                 stage["stride"] = draw(st.sampled_from([1, 1, 2]))
-        # tokens: a position embedding on any stage; prefix tokens on the last (or a token stream without them)
+        # tokens: a position embedding on any stage; prefix tokens on any stage, carried by the later ones (mostly
+        # the last; or a token stream without them)
         if draw(st.integers(0, 3)) == 0:
             stage["pos_embed"] = draw(component("pos_embed"))
-        if i == n - 1 and draw(st.integers(0, 2)) == 0:
+        if draw(st.integers(0, 2 if i == n - 1 else 8)) == 0:
             stage["prefix_tokens"] = {"cls": draw(st.integers(0, 1)), "dist": draw(st.integers(0, 1)),
                                       "registers": draw(st.sampled_from([0, 0, 2]))}
         elif draw(st.integers(0, 6)) == 0:
             stage["layout"] = "tokens"
         stages.append(stage)
     head = draw(component("head"))
-    if stages[-1].get("prefix_tokens") and draw(st.booleans()):  # mostly a head that reads what the stage carries
+    if any(s.get("prefix_tokens") for s in stages) and draw(st.booleans()):  # mostly a head reading what is carried
         head = {"type": "token", "reads": draw(st.sampled_from([["cls"], ["cls", "dist"], ["mean"], ["dist", "mean"]]))}
     return {"name": "fuzz", "in_chans": draw(st.integers(1, 3)), "img_size": draw(st.sampled_from([12, 16, 24, 32, 33, 40])),
             "num_classes": draw(st.integers(0, 10)), "drop_path_rate": draw(st.sampled_from([0.0, 0.1])),

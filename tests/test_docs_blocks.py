@@ -13,7 +13,7 @@ FRAGMENTS = re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.S)
 
 
 def test_the_page_has_its_fragments() -> None:
-    assert len(FRAGMENTS) == 7
+    assert len(FRAGMENTS) == 8
 
 
 @pytest.mark.parametrize("index", range(len(FRAGMENTS)))

@@ -1,6 +1,7 @@
 """Loading: extends, stage_defaults, per-block cycling lists, overrides, the canonical resolved form and its hash."""
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -92,3 +93,18 @@ def test_installed_package_ships_the_recipes() -> None:
     from metablocks.recipe import recipes_dir
 
     assert (recipes_dir() / "metaformer" / "caformer_s18.yaml").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", metablocks.list_recipes())
+def test_another_input_size_runs_or_is_told(name: str) -> None:
+    """At an input 24 px smaller than built for, every shipped model runs, or says why not in a ValueError (a fixed
+    token grid, stripes or windows the map does not divide): never an error from deep inside torch."""
+    recipe = metablocks.load_recipe(name)
+    model = metablocks.create_model(name).eval()
+    x = torch.randn(1, recipe.in_chans, recipe.img_size[0] - 24, recipe.img_size[1] - 24)
+    try:
+        with torch.inference_mode():
+            assert model(x).shape == (1, recipe.num_classes)
+    except ValueError as err:
+        assert "x" in str(err)  # names the size it got

@@ -86,3 +86,22 @@ def test_recipes_never_import_code(tmp_path: Path) -> None:
 def test_custom_mixer_example_runs() -> None:
     out = runpy.run_path(str(ROOT / "examples" / "custom_mixer.py"))["main"]()
     assert round(out["params_m"], 2) == 11.67
+
+
+def test_a_downsample_that_takes_prefix_tokens_must_say_how() -> None:
+    """A downsample declaring ``tokens = "apply"`` (it takes carried prefix tokens across) needs ``forward_prefix``."""
+    class Config(registry.Component):
+        tokens = "apply"
+
+        def build(self, ctx: registry.Context) -> nn.Module:
+            return nn.Identity()
+
+    class NoRule(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    with pytest.raises(registry.RegistryError, match=r"downsample 'test_no_rule' says it takes carried prefix tokens "
+                                                     r"across \(tokens = 'apply'\), but .*NoRule has no "
+                                                     r"forward_prefix\(prefix\) method"):
+        metablocks.register("downsample", "test_no_rule", config=Config)(NoRule)
+    assert "test_no_rule" not in metablocks.list_components("downsample")

@@ -288,6 +288,8 @@ def test_isotropic_models_have_a_feature_level_per_block() -> None:
         _, maps = model.forward_intermediates(x)
         assert torch.equal(model.stages[0].blocks[5](maps[4].permute(0, 2, 3, 1)).permute(0, 3, 1, 2), maps[5])
         assert torch.equal(maps[-1], model.forward_features(x))
+        normed = model.forward_intermediates(x, norm=True, intermediates_only=True)  # timm's: the final norm on each
+        assert torch.equal(normed[2], model.head.norm(maps[2]))
 
 
 def test_grad_checkpointing_keeps_intermediates() -> None:

@@ -208,9 +208,27 @@ def test_existing_map_stages_are_unchanged() -> None:
      "head token reads the dist token, which the last stage does not carry (its prefix tokens: cls); add it to the "
      "stage's prefix_tokens"),
     (("{cls: 1}", "{cls: 2}"), "stages[0].prefix_tokens.cls"),
+    (("{cls: 1}", "{cls: 0}"), "stages[0].prefix_tokens: prefix_tokens puts in no token (cls, dist and registers are "
+                               "all 0): give a count, or leave prefix_tokens out"),
     (("- {depth: 2, dim: 16, prefix_tokens: {cls: 1}, pos_embed: learned}",
-      "- {depth: 2, dim: 16, prefix_tokens: {cls: 1}, pos_embed: learned}\n  - {depth: 1, dim: 16}"),
-     "stage 0 puts in prefix tokens, but stage 1 follows: prefix tokens are carried from the last stage to the head"),
+      "- {depth: 2, dim: 16, prefix_tokens: {cls: 1}, pos_embed: learned}\n"
+      "  - {depth: 1, dim: 32, downsample: {type: conv, kernel_size: 2, stride: 2, padding: 0}}"),
+     "stages[1].downsample: stage 1's downsample conv changes the width from 16 to 32, but has no rule for the prefix "
+     "tokens (cls) carried in from the stage before: they would keep width 16; use a downsample that projects them "
+     "too (conv_head_pooling: PiT's depthwise-conv pooling with a linear layer for the tokens)"),
+    (("- {depth: 2, dim: 16, prefix_tokens: {cls: 1}, pos_embed: learned}",
+      "- {depth: 2, dim: 16, prefix_tokens: {cls: 1}, pos_embed: learned}\n  - {depth: 1, dim: 16, layout: channels_last}"),
+     "stages[1].layout: stage 1 carries the prefix tokens (cls) put in before it, so its blocks run on a token "
+     "stream: layout channels_last cannot carry them (write layout: tokens, or leave layout out)"),
+    (("- {depth: 2, dim: 16, prefix_tokens: {cls: 1}, pos_embed: learned}",
+      "- {depth: 2, dim: 16, prefix_tokens: {cls: 1}, pos_embed: learned}\n"
+      "  - {depth: 1, dim: 16, prefix_tokens: {cls: 1, registers: 2}}"),
+     "stages[1].prefix_tokens: stage 1 puts in a cls token, but the cls token of an earlier stage is carried in "
+     "already: a stream has one cls token"),
+    (("- {depth: 2, dim: 16, prefix_tokens: {cls: 1}, pos_embed: learned}",
+      "- {depth: 2, dim: 16, prefix_tokens: {cls: 1}, pos_embed: learned}\n"
+      "  - {depth: 1, dim: 24, downsample: conv_head_pooling}"),
+     "downsample 'conv_head_pooling': a depthwise pooling conv takes a width that is a multiple of its input's: 16 -> 24 is not"),
     (("pos_embed: learned}", "pos_embed: learned, stride: 2, token_mixer: {type: sepconv}}"),
      "would change the token stream (width 16 -> 16, stride 2): the blocks of a token stage keep their width and map"),
     (("pos_embed: learned", "pos_embed: {type: sincos, temperature: 1}"), "stages[0].pos_embed"),
@@ -252,3 +270,17 @@ def test_mixer_ablation_sweep_over_a_deit_like_model(tmp_path) -> None:
     assert all(0 <= r["top1"] <= 100 for r in records)
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| attention |" in table and "| token_mlp |" in table
+
+
+def test_pruned_like_timm() -> None:
+    """prune_intermediate_layers (timm's API): blocks after the last level kept go, the head pools nothing (timm's
+    global_pool=''), so forward gives the normalized stream, as timm's pruned ViT."""
+    ours, theirs = timm_pair("deit_tiny_patch16_224")
+    assert ours.prune_intermediate_layers([5]) == [5] and theirs.prune_intermediate_layers([5]) == [5]
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected, got = theirs(x), ours(x)
+    assert got.shape == expected.shape == (1, 197, 192)
+    assert (got - expected).abs().max().item() <= 1e-5  # measured 0.0
+    with pytest.raises(ValueError, match="with no pooling there is one classifier, so num_classes=0"):
+        metablocks.create_model("deit_small_distilled_patch16_224").reset_classifier(10, "")

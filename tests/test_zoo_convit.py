@@ -81,3 +81,33 @@ def test_other_map_sizes_get_their_own_offsets() -> None:
     assert out.shape == (1, 1000)
     gpsa = model.stages[0].blocks[0].token_mixer
     assert gpsa.built_offsets.shape == (196, 196, 3) and gpsa.offsets((10, 12)).shape == (120, 120, 3)
+
+
+def test_feature_levels_and_pruning_as_timm() -> None:
+    """Both stages keep the 14x14 map, so ConViT is isotropic: a level per block (12, timm's blocks.0-11), the final
+    norm on each with norm=True; pruned inside stage 0 (no class token yet) or stage 1, forward gives the tokens as
+    timm's pruned model does."""
+    from metablocks.interop.timm import load_timm_state_dict
+
+    theirs = timm.create_model("convit_tiny").eval()
+    perturb(theirs)
+    ours = metablocks.create_model("convit_tiny").eval()
+    load_timm_state_dict(ours, theirs.state_dict())
+    assert [f["module"] for f in ours.feature_info] == [f"stages.0.blocks.{j}" for j in range(10)] + [
+        "stages.1.blocks.0", "stages.1.blocks.1"]
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        for norm in (False, True):
+            expected = theirs.forward_intermediates(x, norm=norm, intermediates_only=True)
+            got = ours.forward_intermediates(x, norm=norm, intermediates_only=True)
+            assert len(got) == 12 and max((a - b).abs().max().item() for a, b in zip(got, expected)) <= 1e-5
+        for level, tokens in ((5, 196), (10, 197)):
+            t, o = timm.create_model("convit_tiny").eval(), metablocks.create_model("convit_tiny").eval()
+            t.load_state_dict(theirs.state_dict())
+            o.load_state_dict(ours.state_dict())
+            t.prune_intermediate_layers([level])
+            o.prune_intermediate_layers([level])
+            assert [len(s.blocks) for s in o.stages] == ([6] if level == 5 else [10, 1])
+            expected, got = t(x), o(x)
+            assert got.shape == expected.shape == (1, tokens, 192)
+            assert (got - expected).abs().max().item() <= 1e-5  # measured 0.0 / 9.5e-7

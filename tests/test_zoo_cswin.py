@@ -182,3 +182,9 @@ def test_odd_head_count_is_a_recipe_error() -> None:
     with pytest.raises(RecipeError) as err:
         load_recipe("cswin_t", {"block.token_mixer.head_dim": 64})  # stage 0: 64 channels = 1 head
     assert "num_heads=1 is odd" in str(err.value)
+
+
+def test_an_input_the_stripes_do_not_divide_is_told() -> None:
+    model = metablocks.create_model("cswin_t").eval()
+    with pytest.raises(ValueError, match=r"cswin attention: split_size=2 does not divide this input's 25x25 map"):
+        model(torch.randn(1, 3, 200, 200))

@@ -196,6 +196,9 @@ def test_heads_must_divide_the_width(tmp_path: Path) -> None:
 def test_pool_size_must_divide_the_map(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match=r"pool_size=2 does not divide the 25x25 map"):
         metablocks.load_recipe(tiny(tmp_path, img_size=200))
+    model = metablocks.create_model(tiny(tmp_path)).eval()  # built at 64: an input giving a 25x25 map is told so
+    with pytest.raises(ValueError, match=r"inception mixer: pool_size=2 does not divide this input's 25x25 map"):
+        model(torch.randn(1, 3, 100, 100))
 
 
 # --- the official code, where it is checked out -------------------------------------------------------------------

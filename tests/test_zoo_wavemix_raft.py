@@ -121,3 +121,10 @@ def test_cross_scale_embedding_equals_unfold_linear() -> None:
     reference = embed.fc(torch.cat(unfolded, dim=2))  # (B, 64, 16)
     ours = embed(x)  # (B, 16, 8, 8)
     assert torch.allclose(ours.flatten(2).transpose(1, 2), reference, atol=1e-5)
+
+
+def test_an_input_the_wavelet_levels_do_not_divide_is_told() -> None:
+    model = metablocks.create_model("wavemix_192_16").eval()
+    with pytest.raises(ValueError, match=r"wavelet mixer: levels=3 halves the map 3 time\(s\), so its sides must be "
+                                         r"multiples of 8; this input gives a 50x50 map"):
+        model(torch.randn(1, 3, 200, 200))

@@ -15,6 +15,7 @@ from metablocks.recipe.errors import Problem, RecipeError, block_problems, compo
 from metablocks.recipe.schema import Recipe, StageConfig
 from metablocks.recipe.yaml_io import where_of
 from metablocks.registry import Component, Context, Ref
+from metablocks.tokens import carried_prefixes
 
 
 @dataclass
@@ -76,26 +77,29 @@ def recipe_problems(parts: Parts, img_size: tuple[int, int] | None = None) -> li
         resolution = parts.stem.out_resolution(resolution)  # type: ignore[arg-type]
     else:
         resolution = None
+    taken = carried_prefixes(parts.stages)  # the prefix tokens each stage takes in from the stages before it
     for i, stage in enumerate(parts.stages):
         if stage is None:  # its own problems are reported; what follows cannot know its input
             resolution, dim = None, None
             continue
+        problems += _carry_problems(stage, i, raw, taken[i], dim)
         if resolution is None:  # after an invalid part: only what is wrong at any map size
-            problems += _size_free_problems(stage, i, raw)
+            problems += _size_free_problems(stage, i, raw, taken[i])
             dim = stage.out_dim
             continue
         problems += _cycle_problems(stage, i, raw)
         if stage.downsample is not None and dim is not None:
-            ctx = Context(dim, out_dim=stage.block_dim(0), resolution=resolution, stage=i)
+            ctx = Context(dim, out_dim=stage.block_dim(0), resolution=resolution, stage=i, prefix=taken[i])
             problems += component_problems(stage.downsample, ctx, ("stages", i, "downsample"), raw)
             resolution = stage.downsample.out_resolution(resolution) if resolution else None
             dim = stage.block_dim(0)
         if resolution is not None and min(resolution) < 1:
             break  # the downsample's own problem says why
-        problems += _token_problems(parts, stage, i, raw, dim, resolution)
-        found, resolution, dim = stage_block_problems(stage, i, raw, dim, resolution)
+        problems += _token_problems(stage, i, raw, dim, resolution, taken[i])
+        found, resolution, dim = stage_block_problems(stage, i, raw, dim, resolution, taken[i])
         problems += found
-    carried = parts.stages[-1].prefix() if parts.stages and parts.stages[-1] is not None else ()
+    last = parts.stages[-1] if parts.stages else None
+    carried = taken[-1] + last.prefix() if last is not None else ()
     if parts.head is not None and dim is not None:
         ctx = Context(dim, out_dim=parts.num_classes, resolution=resolution, prefix=carried,
                       layout="tokens" if carried else "channels_first")
@@ -110,26 +114,46 @@ def recipe_problems(parts: Parts, img_size: tuple[int, int] | None = None) -> li
     return list(dict.fromkeys(problems))
 
 
-def _token_problems(parts: Parts, stage: StageConfig, index: int, raw: Any, dim: int | None,
-                    resolution: tuple[int, int] | None) -> list[Problem]:
-    """A stage's prefix tokens must reach the head (they cannot cross a later stage yet); its position embedding is
-    checked where it is added."""
-    problems = []
+def _at(raw: Any, loc: tuple[Any, ...], message: str) -> Problem:
+    where, path = where_of(raw, loc)
+    return Problem(where.file if where else None, where.line if where else None, path or ".".join(map(str, loc)),
+                   message, where.path if where else None)
 
-    def at(loc: tuple[Any, ...], message: str) -> Problem:
-        where, path = where_of(raw, loc)
-        return Problem(where.file if where else None, where.line if where else None,
-                       path or ".".join(map(str, loc)), message, where.path if where else None)
 
-    if stage.prefix() and index != len(parts.stages) - 1:
-        problems.append(at(("stages", index, "prefix_tokens"),
-                           f"stage {index} puts in prefix tokens, but stage {index + 1} follows: prefix tokens are "
-                           f"carried from the last stage to the head (put them in the last stage)"))
-    if stage.pos_embed is not None and dim is not None:
-        ctx = Context(dim, resolution=resolution, stage=index, prefix=stage.prefix(),
-                      layout="tokens" if stage.tokens else "channels_first")
-        problems += component_problems(stage.pos_embed, ctx, ("stages", index, "pos_embed"), raw)
+def _carry_problems(stage: StageConfig, index: int, raw: Any, carried: tuple[str, ...], dim: int | None) -> list[Problem]:
+    """A stage after one that put in prefix tokens carries them on: on a token stream, without a second class or
+    distillation token, and across its downsample by that downsample's rule for them (or at an unchanged width)."""
+    if not carried:
+        return []
+    problems, names = [], ", ".join(dict.fromkeys(carried))
+    if stage.layout not in (None, "tokens"):
+        problems.append(_at(raw, ("stages", index, "layout"),
+                            f"stage {index} carries the prefix tokens ({names}) put in before it, so its blocks run on "
+                            f"a token stream: layout {stage.layout} cannot carry them (write layout: tokens, or leave "
+                            f"layout out)"))
+    again = [name for name in ("cls", "dist") if name in carried and name in stage.prefix()]
+    if again:
+        problems.append(_at(raw, ("stages", index, "prefix_tokens"),
+                            f"stage {index} puts in a {again[0]} token, but the {again[0]} token of an earlier stage is "
+                            f"carried in already: a stream has one {again[0]} token"))
+    width = stage.block_dim(0)
+    if stage.downsample is not None and stage.downsample.token_mode() != "apply" and dim is not None and dim != width:
+        problems.append(_at(raw, ("stages", index, "downsample"),
+                            f"stage {index}'s downsample {stage.downsample.type} changes the width from {dim} to "
+                            f"{width}, but has no rule for the prefix tokens ({names}) carried in from the stage "
+                            f"before: they would keep width {dim}; use a downsample that projects them too "
+                            f"(conv_head_pooling: PiT's depthwise-conv pooling with a linear layer for the tokens)"))
     return problems
+
+
+def _token_problems(stage: StageConfig, index: int, raw: Any, dim: int | None, resolution: tuple[int, int] | None,
+                    carried: tuple[str, ...]) -> list[Problem]:
+    """A stage's position embedding, checked where it is added (with the carried and the stage's own prefix tokens)."""
+    if stage.pos_embed is None or dim is None:
+        return []
+    ctx = Context(dim, resolution=resolution, stage=index, prefix=carried + stage.prefix(),
+                  layout="tokens" if stage.tokens or carried else "channels_first")
+    return component_problems(stage.pos_embed, ctx, ("stages", index, "pos_embed"), raw)
 
 
 def _where_in_stage(stage: StageConfig, index: int, j: int) -> Any:
@@ -157,10 +181,10 @@ def _period(stage: StageConfig) -> int:
     return period
 
 
-def stage_block_problems(stage: StageConfig, index: int, raw: Any, dim: int | None,
-                         resolution: tuple[int, int] | None) -> tuple[list[Problem], tuple[int, int] | None, int]:
-    """The problems of a stage's blocks (after its downsample), taking ``dim`` channels of a ``resolution`` map; returns
-    them with the stage's output size and width."""
+def stage_block_problems(stage: StageConfig, index: int, raw: Any, dim: int | None, resolution: tuple[int, int] | None,
+                         carried: tuple[str, ...] = ()) -> tuple[list[Problem], tuple[int, int] | None, int]:
+    """The problems of a stage's blocks (after its downsample), taking ``dim`` channels of a ``resolution`` map (and
+    the prefix tokens ``carried`` in); returns them with the stage's output size and width."""
     from metablocks.blocks import plan_block
 
     problems: list[Problem] = []
@@ -182,7 +206,7 @@ def stage_block_problems(stage: StageConfig, index: int, raw: Any, dim: int | No
         here = resolution if j == 0 else out_resolution
         if key not in checked:
             checked.add(key)
-            tokens = dict(io_layout="tokens", prefix=stage.prefix()) if stage.tokens else {}
+            tokens = dict(io_layout="tokens", prefix=carried + stage.prefix()) if stage.tokens or carried else {}
             plan = plan_block(config, block_dim, in_dim=in_dim, stride=stride, resolution=here, stage=index, block=j,
                               **tokens)
             if j == 0 and stage.downsample is None and in_dim != block_dim and plan.untransitioned:
@@ -206,10 +230,10 @@ def stage_block_problems(stage: StageConfig, index: int, raw: Any, dim: int | No
 PROBES = ((224, 224), (210, 210))  # map sizes that tell a problem of the size (unknown here) from one at any size
 
 
-def _size_free_problems(stage: StageConfig, index: int, raw: Any) -> list[Problem]:
+def _size_free_problems(stage: StageConfig, index: int, raw: Any, carried: tuple[str, ...]) -> list[Problem]:
     """The problems a stage whose input size is unknown has at every probe size: those are not about the size."""
     def at(resolution: tuple[int, int]) -> set[Problem]:
-        return set(stage_block_problems(stage, index, raw, None, resolution)[0])
+        return set(stage_block_problems(stage, index, raw, None, resolution, carried)[0])
 
     first, second = (at(r) for r in PROBES)
     return [*_cycle_problems(stage, index, raw), *(p for p in first if p in second)]

@@ -79,11 +79,23 @@ class TokenHead(nn.Module):
                                                                                                 self.names)
 
     def reset(self, num_classes: int, pool: str | None = None) -> None:
-        if pool not in (None, "token"):
-            raise ValueError(f"global_pool={pool!r}: a token head reads {', '.join(self.names)}; allowed: 'token'")
+        """A fresh classifier; ``pool`` as timm's ``global_pool``: "token" reads the tokens named, "" none (forward
+        gives the normalized stream (B, P + H*W, C), or a classifier's logits for every token)."""
+        if pool not in (None, "token", ""):
+            raise ValueError(f"global_pool={pool!r}: a token head reads {', '.join(self.names)}; allowed: 'token', ''")
+        if pool == "" and num_classes > 0 and len(self.names) > 1:
+            raise ValueError(f"global_pool='': the head averages {len(self.names)} classifiers, one per token it reads "
+                             f"({', '.join(self.names)}); with no pooling there is one classifier, so num_classes=0")
+        if pool is not None:
+            self.pool = pool
         self.fc = self.classifier(num_classes)
 
     def forward(self, x: Tensor, pre_logits: bool = False) -> Tensor:  # (B, P + H*W, C)
+        if self.pool == "":  # no pooling (timm's global_pool=''): every token, normalized
+            if x.dim() == 4:  # a model pruned before its prefix tokens are put in gives a map: its tokens
+                x = x.flatten(2).transpose(1, 2)
+            x = self.drop(self.norm(x.flatten(0, 1)).unflatten(0, (x.shape[0], x.shape[1])))  # a vector norm per token
+            return x if pre_logits else self.fc(x)
         read = [x[:, i] for i in self.index]
         if self.mean:
             read.insert(self.names.index("mean"), x[:, self.prefix:].mean(1))

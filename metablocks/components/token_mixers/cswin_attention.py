@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from metablocks.components.token_mixers.attention import MultiHeadConfig
 from metablocks.fields import Kernel, Probability
 from metablocks.registry import Context, register
+from metablocks.tracing import fx_tracing
 
 
 class CSWinAttentionConfig(MultiHeadConfig):
@@ -86,6 +87,8 @@ class CSWinAttention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # (B, H, W, C)
         # views and permutes rather than einops patterns, so torch.fx and TorchScript trace it (the same tensors)
         batch, height, width, _ = x.shape
+        if not torch.jit.is_scripting() and not fx_tracing():
+            self._check_size(height, width)
         heads = self.heads_per_branch
         qkv = self.qkv(x).view(batch, height, width, 3, self.branches, -1).permute(4, 3, 0, 1, 2, 5)  # (g, 3, B, H, W, c)
         outs = []
@@ -102,6 +105,12 @@ class CSWinAttention(nn.Module):
             out = out.view(batch, height // sh, width // sw, heads, sh, sw, d).permute(0, 1, 4, 2, 5, 3, 6)
             outs.append(out.reshape(batch, height, width, heads * d))  # (B, H, W, C / branches)
         return self.proj_drop(self.proj(torch.cat(outs, dim=-1)))
+
+    @torch.jit.unused
+    def _check_size(self, height: int, width: int) -> None:
+        if self.split_size is not None and (height % self.split_size or width % self.split_size):
+            raise ValueError(f"cswin attention: split_size={self.split_size} does not divide this input's "
+                             f"{height}x{width} map: stripes need map sides that are multiples of {self.split_size}")
 
     @staticmethod
     def _heads(t: Tensor, heads: int) -> Tensor:

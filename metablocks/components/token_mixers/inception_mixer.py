@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from metablocks.fields import Heads, Stride
 from metablocks.registry import Component, Context, register
+from metablocks.tracing import fx_tracing
 
 
 class InceptionMixerConfig(Component):
@@ -64,6 +65,8 @@ class InceptionMixer(nn.Module):
         """Y_l = Upsample(MSA(AvgPool(X_l))) on a (B, C_l, H, W) map."""
         b, c = x.shape[:2]
         if self.pool_size > 1:
+            if not torch.jit.is_scripting() and not fx_tracing():
+                self._check_divides(x.shape[2], x.shape[3])
             x = F.avg_pool2d(x, self.pool_size)
         hp, wp = x.shape[2], x.shape[3]
         qkv = self.qkv(x.flatten(2).transpose(1, 2)).reshape(b, hp * wp, 3, self.heads, -1)  # (B, N, 3, heads, d)
@@ -71,6 +74,13 @@ class InceptionMixer(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
         y = y.transpose(2, 3).reshape(b, c, hp, wp)
         return F.interpolate(y, scale_factor=float(self.pool_size), mode="nearest") if self.pool_size > 1 else y
+
+    @torch.jit.unused
+    def _check_divides(self, h: int, w: int) -> None:
+        if h % self.pool_size or w % self.pool_size:
+            raise ValueError(f"inception mixer: pool_size={self.pool_size} does not divide this input's {h}x{w} map (its "
+                             f"attention's output is upsampled back by {self.pool_size}); give an input whose map here "
+                             f"is a multiple of {self.pool_size}")
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
         x_conv, x_pool, x_low = x[:, : self.half], x[:, self.half: self.high], x[:, self.high:]

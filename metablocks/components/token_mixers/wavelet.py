@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from metablocks.fields import MAX_RATIO, Levels, Probability, Width
 from metablocks.registry import Component, Context, Ref, register
+from metablocks.tracing import fx_tracing
 
 
 def haar_dwt2d(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -120,7 +121,16 @@ class WaveMixer(nn.Module):
 
         return unrolled(self)
 
+    @torch.jit.unused
+    def _check_size(self, h: int, w: int) -> None:
+        step = 2 ** self.levels
+        if h % step or w % step:
+            raise ValueError(f"wavelet mixer: levels={self.levels} halves the map {self.levels} time(s), so its sides "
+                             f"must be multiples of {step}; this input gives a {h}x{w} map")
+
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
+        if not torch.jit.is_scripting() and not fx_tracing():
+            self._check_size(x.shape[2], x.shape[3])
         bands = haar_subbands(self.reduction(x), self.levels)  # level j: (B, C, H/2^j, W/2^j)
         y = None
         for name, band in zip(reversed(self._names), reversed(bands)):
