@@ -37,7 +37,4 @@ class Mlp(nn.Module):
         self.drop2 = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.act(self.fc1(x))
-        if self.training:  # (in eval a dropout returns its input: not called, 2 module calls a block saved)
-            return self.drop2(self.fc2(self.drop1(x)))
-        return self.fc2(x)
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))

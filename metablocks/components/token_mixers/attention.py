@@ -101,9 +101,7 @@ class Attention(nn.Module):
             reduced = self.norm(reduced.permute(0, 2, 3, 1).flatten(1, 2))  # (B, N/r^2, C)
             k, v = _split_heads(self.kv(reduced), 2, self.num_heads).unbind(0)
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)  # (B, heads, N, d)
-        out = self.proj(out.permute(0, 2, 1, 3).flatten(2))  # (B, N, C)
-        if self.training:  # (in eval a dropout returns its input: not called)
-            out = self.proj_drop(out)
+        out = self.proj_drop(self.proj(out.permute(0, 2, 1, 3).flatten(2)))  # (B, N, C)
         return out if self.tokens else out.unflatten(1, (x.shape[1], x.shape[2]))  # (B, H, W, C)
 
 

@@ -108,7 +108,5 @@ class GatedPositionalAttention(nn.Module):
             attn = (1.0 - gate) * content + gate * position
             attn = self.attn_drop(attn / attn.sum(dim=-1, keepdim=True))
         v = self.v(tokens).reshape(B, H * W, self.num_heads, C // self.num_heads).permute(0, 2, 1, 3)
-        out = self.proj((attn @ v).transpose(1, 2).reshape(B, H * W, C))
-        if self.training:  # (in eval a dropout returns its input: not called)
-            out = self.proj_drop(out)
-        return out.reshape(B, H, W, C)
+        out = (attn @ v).transpose(1, 2).reshape(B, H * W, C)
+        return self.proj_drop(self.proj(out)).reshape(B, H, W, C)
