@@ -121,4 +121,29 @@ def test_acts_after_a_norm_run_in_place_where_they_can() -> None:
     model = metablocks.create_model("resnet50", img_size=64)
     relus = [m for m in model.modules() if isinstance(m, torch.nn.ReLU)]
     assert len(relus) == 1 + 16 * 2 + 16 and all(m.inplace for m in relus)  # stem, 2 per bottleneck, 16 post-acts
-    assert isinstance(inplace_act(get("act", "gelu")()), torch.nn.GELU)  # GELU has no in-place form: built as usual
+    gelu = inplace_act(get("act", "gelu")())  # GELU overwrites its input only without autograd (its backward reads it)
+    assert isinstance(gelu, torch.nn.GELU) and gelu.inplace
+    x = torch.randn(2, 8)
+    expected = torch.nn.functional.gelu(x)
+    with torch.no_grad():
+        out = gelu(x)
+    assert out.data_ptr() == x.data_ptr() and torch.equal(out, expected)
+    x = torch.randn(2, 8, requires_grad=True)
+    out = gelu(x)
+    assert out.data_ptr() != x.data_ptr() and torch.equal(out, torch.nn.functional.gelu(x))
+    out.sum().backward()
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "convit_tiny"])
+def test_inference_in_place_paths_give_the_autograd_paths_values(name: str) -> None:
+    """GELU and GPSA overwrite their fresh maps without autograd (the residual sums too): the same kernels in the same
+    order, so the logits are bit-identical to a forward with autograd on (out of place)."""
+    torch.manual_seed(0)
+    model = metablocks.create_model(name).eval()
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        fast = model(x)
+    with torch.no_grad():
+        no_grad = model(x)
+    assert torch.equal(fast, no_grad) and torch.equal(fast, model(x).detach())
