@@ -10,7 +10,7 @@ import torch
 import metablocks
 from metablocks.blocks import MetaFormerBlock
 from metablocks.recipe import RecipeError
-from zoo_timm import n_params, perturb
+from zoo_timm import n_params, token_model_pair
 
 timm = pytest.importorskip("timm")
 
@@ -25,18 +25,7 @@ FAST = ("deit_tiny_patch16_224", "deit_small_distilled_patch16_224")
 
 def timm_pair(name: str):
     """Our model with timm's perturbed weights loaded (the prefix tokens and position table moved off their init)."""
-    from metablocks.interop.timm import load_timm_state_dict
-
-    theirs = timm.create_model(name, dynamic_img_size=True).eval()
-    perturb(theirs)
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for token in ("cls_token", "dist_token", "pos_embed"):
-            if getattr(theirs, token, None) is not None:
-                getattr(theirs, token).copy_(torch.randn(getattr(theirs, token).shape, generator=gen))
-    ours = metablocks.create_model(name).eval()
-    load_timm_state_dict(ours, theirs.state_dict())
-    return ours, theirs
+    return token_model_pair(name, dynamic_img_size=True)
 
 
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in PARAMS])

@@ -7,7 +7,7 @@ import torch
 
 import metablocks
 from metablocks.components.downsamples.conv_head_pooling import ConvHeadPooling
-from zoo_timm import n_params, perturb
+from zoo_timm import n_params, token_model_pair
 
 timm = pytest.importorskip("timm")
 
@@ -19,22 +19,9 @@ PARAMS = {  # measured; = timm's and naver-ai/pit's pit.py
 FAST = ("pit_ti_224", "pit_ti_distilled_224")
 
 
-def timm_pair(name: str):
-    from metablocks.interop.timm import load_timm_state_dict
-
-    theirs = timm.create_model(name).eval()
-    perturb(theirs)
-    with torch.no_grad():  # the tokens and the position table off their init
-        theirs.cls_token.normal_(generator=torch.Generator().manual_seed(1))
-        theirs.pos_embed.normal_(generator=torch.Generator().manual_seed(2))
-    ours = metablocks.create_model(name).eval()
-    load_timm_state_dict(ours, theirs.state_dict())
-    return ours, theirs
-
-
 @pytest.mark.parametrize("name", [n if n in FAST else pytest.param(n, marks=pytest.mark.slow) for n in PARAMS])
 def test_equal_to_timm(name: str) -> None:
-    ours, theirs = timm_pair(name)
+    ours, theirs = token_model_pair(name)
     assert n_params(ours) == n_params(theirs) == PARAMS[name]
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

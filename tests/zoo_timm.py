@@ -45,3 +45,20 @@ def assert_equal_to_timm(name: str, params: int, timm_module, batch: int = 2) ->
     assert got.shape == expected.shape == (batch, 1000)
     assert expected.abs().max().item() > 0.1  # the perturbed blocks really move the logits
     assert (got - expected).abs().max().item() <= 1e-4
+
+
+def token_model_pair(name: str, **timm_kwargs):
+    """(ours, timm's) for a token model: timm's weights perturbed, its prefix tokens and position table moved off their
+    init too (random normal), loaded into ours."""
+    import timm
+
+    theirs = timm.create_model(name, **timm_kwargs).eval()
+    perturb(theirs)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for token in ("cls_token", "dist_token", "pos_embed"):
+            if getattr(theirs, token, None) is not None:
+                getattr(theirs, token).copy_(torch.randn(getattr(theirs, token).shape, generator=gen))
+    ours = metablocks.create_model(name).eval()
+    load_timm_state_dict(ours, theirs.state_dict())
+    return ours, theirs

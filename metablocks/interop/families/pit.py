@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from metablocks.interop.families.convnext import rename
+from metablocks.interop.families.vit import token_classifiers
 from metablocks.interop.timm import register_converter
 
 PIT_RENAMES: list[tuple[str, str]] = [
@@ -30,13 +31,7 @@ def convert_pit(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         out["stages.0.prefix_tokens.cls"] = tokens[:, :1]
         if tokens.shape[1] == 2:
             out["stages.0.prefix_tokens.dist"] = tokens[:, 1:]
-    two = "head_dist.weight" in out
-    for leaf in ("weight", "bias"):
-        if f"head.{leaf}" in out:
-            out[f"head.fc.cls.{leaf}" if two else f"head.fc.{leaf}"] = out.pop(f"head.{leaf}")
-        if two:
-            out[f"head.fc.dist.{leaf}"] = out.pop(f"head_dist.{leaf}")
-    return out
+    return token_classifiers(out)
 
 
 register_converter("pit_")(convert_pit)

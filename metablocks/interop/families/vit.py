@@ -25,8 +25,9 @@ VIT_RENAMES: list[tuple[str, str]] = [
 ]
 
 
-def convert_vit(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-    out = rename(state_dict, VIT_RENAMES)
+def token_classifiers(out: dict[str, Tensor]) -> dict[str, Tensor]:
+    """timm's ``head`` (and ``head_dist``) -> our token head's ``fc`` (``fc.cls`` and ``fc.dist`` when it averages
+    the two), in place."""
     two = "head_dist.weight" in out
     for leaf in ("weight", "bias"):
         if f"head.{leaf}" in out:
@@ -34,6 +35,10 @@ def convert_vit(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         if two:
             out[f"head.fc.dist.{leaf}"] = out.pop(f"head_dist.{leaf}")
     return out
+
+
+def convert_vit(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    return token_classifiers(rename(state_dict, VIT_RENAMES))
 
 
 register_converter("vit_")(convert_vit)
