@@ -64,8 +64,9 @@ class EMHSA(nn.Module):
         self.v = nn.Linear(dim, dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
-        if sr_ratio > 1:
-            self.norm = build_at(norm, dim, "channels_first")  # sees the pooled tokens as a (B, C, 1, N / s^2) map
+        # sees the pooled tokens as a (B, C, 1, N / s^2) map; no keys pooled, none (Identity: TorchScript compiles
+        # the branch that uses it either way)
+        self.norm = build_at(norm, dim, "channels_first") if sr_ratio > 1 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, H, W)
         b, c, h, w = x.shape
