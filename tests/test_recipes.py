@@ -105,6 +105,6 @@ def test_another_input_size_runs_or_is_told(name: str) -> None:
     x = torch.randn(1, recipe.in_chans, recipe.img_size[0] - 24, recipe.img_size[1] - 24)
     try:
         with torch.inference_mode():
-            assert model(x).shape == (1, recipe.num_classes)
+            assert model(x).shape[:2] == (1, recipe.num_classes)  # (CCNet segments: (1, classes, H, W))
     except ValueError as err:
         assert "x" in str(err)  # names the size it got
