@@ -197,7 +197,7 @@ def stage_block_problems(stage: StageConfig, index: int, raw: Any, dim: int | No
         return problems, resolution, stage.block_dim(0)
     incoming = dim if dim is not None else stage.block_dim(0)
     checked: set[Any] = set()
-    out_resolution, width = resolution, incoming
+    out_resolution = resolution
     for j in range(min(stage.depth, _period(stage) + 1)):
         config, block_dim = stage.block(j), stage.block_dim(j)
         in_dim = incoming if j == 0 else stage.block_dim(j - 1)

@@ -36,10 +36,7 @@ class AggregatedAttentionConfig(MultiHeadConfig):
     proj_drop: Probability = 0.0
 
     def check(self, ctx: Context) -> list[str]:
-        errors = []
-        num_heads, head_dim = self.exact_heads(ctx.dim)
-        if num_heads * head_dim != ctx.dim:
-            errors.append(f"dim={ctx.dim} is not num_heads={num_heads} x head_dim={head_dim}")
+        errors = self.partition_problems(ctx.dim, exact=True)
         if self.window_size % 2 == 0:
             errors.append(f"window_size must be odd (the window is centred on its query), got {self.window_size}")
         errors += grid_problems(ctx.resolution, self.cpb_pretrain_size, "aggregated_attention")

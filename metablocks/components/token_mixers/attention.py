@@ -34,6 +34,12 @@ class MultiHeadConfig(Component):
             count -= 1
         return count, dim // count
 
+    def partition_problems(self, dim: int, *, exact: bool = False) -> list[str]:
+        """For mixers whose heads partition the channels: ``dim`` must be num_heads x head_dim (``exact``: the split
+        of ``exact_heads``, else of ``heads``)."""
+        num_heads, head_dim = self.exact_heads(dim) if exact else self.heads(dim)
+        return [] if num_heads * head_dim == dim else [f"dim={dim} is not num_heads={num_heads} x head_dim={head_dim}"]
+
     def head_problems(self, dim: int) -> list[str]:
         """``dim`` split into the heads asked for: num_heads must divide it, and so must head_dim (when it is smaller)."""
         errors = []

@@ -23,10 +23,7 @@ class AttentionLePEConfig(MultiHeadConfig):
     proj_bias: bool = True
 
     def check(self, ctx: Context) -> list[str]:
-        errors = []
-        num_heads, head_dim = self.heads(ctx.dim)
-        if num_heads * head_dim != ctx.dim:
-            errors.append(f"dim={ctx.dim} is not num_heads={num_heads} x head_dim={head_dim}")
+        errors = self.partition_problems(ctx.dim)
         if self.lepe_kernel_size % 2 == 0:
             errors.append(f"lepe_kernel_size must be odd to keep the map size, got {self.lepe_kernel_size}")
         return errors

@@ -40,10 +40,7 @@ class BiLevelRoutingAttentionConfig(MultiHeadConfig):
     scale: Literal["dim", "head_dim"] = "dim"
 
     def check(self, ctx: Context) -> list[str]:
-        errors = []
-        num_heads, head_dim = self.heads(ctx.dim)
-        if num_heads * head_dim != ctx.dim:
-            errors.append(f"dim={ctx.dim} is not num_heads={num_heads} x head_dim={head_dim}")
+        errors = self.partition_problems(ctx.dim)
         if self.topk > self.n_win ** 2:
             errors.append(f"topk={self.topk} exceeds the n_win x n_win = {self.n_win ** 2} regions there are")
         if ctx.resolution and any(r % self.n_win for r in ctx.resolution):

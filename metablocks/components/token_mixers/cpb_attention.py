@@ -33,10 +33,7 @@ class CpbAttentionConfig(MultiHeadConfig):
     proj_drop: Probability = 0.0
 
     def check(self, ctx: Context) -> list[str]:
-        num_heads, head_dim = self.exact_heads(ctx.dim)
-        errors = [] if num_heads * head_dim == ctx.dim else [
-            f"dim={ctx.dim} is not num_heads={num_heads} x head_dim={head_dim}"]
-        return errors + grid_problems(ctx.resolution, self.cpb_pretrain_size, "cpb_attention")
+        return self.partition_problems(ctx.dim, exact=True) + grid_problems(ctx.resolution, self.cpb_pretrain_size, "cpb_attention")
 
     def build(self, ctx: Context) -> nn.Module:
         assert ctx.resolution is not None, "cpb_attention needs the map's resolution"

@@ -22,10 +22,8 @@ class CSWinAttentionConfig(MultiHeadConfig):
     proj_drop: Probability = 0.0
 
     def check(self, ctx: Context) -> list[str]:
-        errors = []
-        num_heads, head_dim = self.heads(ctx.dim)
-        if num_heads * head_dim != ctx.dim:
-            errors.append(f"dim={ctx.dim} is not num_heads={num_heads} x head_dim={head_dim}")
+        errors = self.partition_problems(ctx.dim)
+        num_heads, _ = self.heads(ctx.dim)
         if self.split_size is not None:
             if num_heads % 2:
                 errors.append(f"stripe attention splits the heads in half (horizontal, vertical): "

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from metablocks.components.acts.elementwise import eager_inference
 from metablocks.components.token_mixers.attention import MultiHeadConfig
 from metablocks.fields import Probability, Scale
-from metablocks.registry import Component, Context, register
+from metablocks.registry import Context, register
 from metablocks.tracing import fx_tracing
 
 

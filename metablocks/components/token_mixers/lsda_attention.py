@@ -52,10 +52,7 @@ class LSDAttentionConfig(MultiHeadConfig):
 
     def check(self, ctx: Context) -> list[str]:
         errors = []
-        if self.num_heads and not self.head_dim and ctx.dim % self.num_heads:
-            errors.append(f"dim={ctx.dim} is not divisible by num_heads={self.num_heads}")
-        if not self.num_heads and ctx.dim % (self.head_dim or 32) and ctx.dim > (self.head_dim or 32):
-            errors.append(f"dim={ctx.dim} is not divisible by head_dim={self.head_dim or 32}")
+        errors += self.head_problems(ctx.dim)
         if self.dpb is not None and ctx.dim < 16:
             errors.append(f"dim={ctx.dim} is too narrow for the position bias MLP (dim // 16 = 0 channels)")
         if ctx.resolution is None:

@@ -41,10 +41,7 @@ class WindowAttentionConfig(MultiHeadConfig):
             errors.append(f"window_size must be at least 1, got {self.window_size}")
         if not 0 <= self.shift_size() < self.window_size:
             errors.append(f"the shift ({self.shift_size()}) must be in [0, window_size={self.window_size})")
-        if self.num_heads and not self.head_dim and ctx.dim % self.num_heads:
-            errors.append(f"dim={ctx.dim} is not divisible by num_heads={self.num_heads}")
-        if not self.num_heads and ctx.dim % (self.head_dim or 32) and ctx.dim > (self.head_dim or 32):
-            errors.append(f"dim={ctx.dim} is not divisible by head_dim={self.head_dim or 32}")
+        errors += self.head_problems(ctx.dim)
         if ctx.resolution is None:
             errors.append("window_attention needs the feature map size (its shift mask is built for it)")
         return errors
