@@ -115,7 +115,8 @@ class StageConfig(BlockConfig):
 
     @property
     def tokens(self) -> bool:
-        """Do the blocks run on a token stream (prefix tokens, or ``layout: tokens``)?"""
+        """Do the blocks run on a token stream (prefix tokens put in here, or ``layout: tokens``)? A stage after one
+        that put some in is a token stage too: it carries them (``tokens.carried_prefixes``)."""
         return self.layout == "tokens" or bool(self.prefix())
 
     def prefix(self) -> tuple[str, ...]:
